@@ -1,0 +1,186 @@
+"""Settings: ``DJANGO_SHARDS`` merged over defaults, parsed once into frozen objects.
+
+Nothing here reads settings at import time. :func:`get_config` is cached and the cache
+is cleared on ``setting_changed`` (so ``override_settings`` works). Validation with
+friendly messages lives in :mod:`django_shards.checks`; this module only parses, and
+raises ``ImproperlyConfigured`` (pointing at ``manage.py check``) on malformed input.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULTS: dict[str, Any] = {
+    "GROUPS": {},
+    "CATALOG": "default",
+    "READ_CONSISTENCY": "eventual",
+    "PIN_AFTER_WRITE_SECONDS": 2.0,
+    "READ_YOUR_WRITES": "time",
+    "REPLICA_SELECTION": "round_robin",
+    "MAX_REPLICA_LAG_SECONDS": 5.0,
+    "FANOUT": "allow",
+    "FANOUT_WORKERS": 8,
+    "FANOUT_TIMEOUT_SECONDS": 30.0,
+    "MAP_LEASE_SECONDS": 1.0,
+    "NODE_ID": None,
+}
+
+BUILTIN_STRATEGIES: dict[str, str] = {
+    "range": "django_shards.strategies.range.RangeStrategy",
+    "hash": "django_shards.strategies.hash.HashStrategy",
+    "consistent_hash": "django_shards.strategies.consistent_hash.ConsistentHashStrategy",
+    "modulo": "django_shards.strategies.modulo.ModuloStrategy",
+}
+
+CONSISTENCY_LEVELS = ("eventual", "strong")
+READ_YOUR_WRITES_MODES = ("time", "gtid")
+REPLICA_SELECTIONS = ("round_robin", "random", "fastest")
+FANOUT_MODES = ("allow", "warn", "deny")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard: a name, a primary alias and replica aliases (all keys of DATABASES)."""
+
+    name: str
+    primary: str
+    replicas: tuple[str, ...] = ()
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return (self.primary, *self.replicas)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "primary": self.primary, "replicas": list(self.replicas)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Shard:
+        return cls(str(data["name"]), str(data["primary"]), tuple(data.get("replicas") or ()))
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """A shard as configured in settings; ``range`` is the raw ``RANGE`` (or None)."""
+
+    shard: Shard
+    range: tuple[Any, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.shard.name
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    name: str
+    strategy: str  # dotted path of the strategy class
+    options: Mapping[str, Any]
+    shards: tuple[ShardSettings, ...]
+
+
+@dataclass(frozen=True)
+class ShardsSettings:
+    groups: Mapping[str, GroupSettings]
+    catalog: str = "default"
+    read_consistency: str = "eventual"
+    pin_after_write_seconds: float = 2.0
+    read_your_writes: str = "time"
+    replica_selection: str = "round_robin"
+    max_replica_lag_seconds: float = 5.0
+    fanout: str = "allow"
+    fanout_workers: int = 8
+    fanout_timeout_seconds: float = 30.0
+    map_lease_seconds: float = 1.0
+    node_id: int | None = None
+    # alias -> (group names it serves as a primary); alias -> shard name for replicas
+    primaries: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    replicas: frozenset[str] = frozenset()
+
+
+def raw_settings() -> dict[str, Any]:
+    """``DJANGO_SHARDS`` merged over :data:`DEFAULTS` (top level only)."""
+    from django.conf import settings
+
+    user = getattr(settings, "DJANGO_SHARDS", {}) or {}
+    if not isinstance(user, Mapping):
+        raise ImproperlyConfigured("DJANGO_SHARDS must be a dict; run `manage.py check`.")
+    return {**DEFAULTS, **user}
+
+
+def strategy_path(name: str) -> str:
+    """The dotted path of a strategy given by its short name or a dotted path."""
+    return BUILTIN_STRATEGIES.get(name, name)
+
+
+def _parse_shard(raw: Mapping[str, Any]) -> ShardSettings:
+    rng = raw.get("RANGE")
+    return ShardSettings(
+        shard=Shard(str(raw["NAME"]), str(raw["PRIMARY"]), tuple(raw.get("REPLICAS") or ())),
+        range=tuple(rng) if rng is not None else None,  # type: ignore[arg-type]
+    )
+
+
+def parse(raw: Mapping[str, Any]) -> ShardsSettings:
+    """Parse merged settings. Raises ``ImproperlyConfigured`` on malformed structure."""
+    try:
+        groups: dict[str, GroupSettings] = {}
+        primaries: dict[str, set[str]] = {}
+        replicas: set[str] = set()
+        for name, group in dict(raw["GROUPS"]).items():
+            shards = tuple(_parse_shard(s) for s in group["SHARDS"])
+            groups[name] = GroupSettings(
+                name=name,
+                strategy=strategy_path(group.get("STRATEGY", "hash")),
+                options=dict(group.get("OPTIONS") or {}),
+                shards=shards,
+            )
+            for spec in shards:
+                primaries.setdefault(spec.shard.primary, set()).add(name)
+                replicas.update(spec.shard.replicas)
+        node_id = raw.get("NODE_ID")
+        return ShardsSettings(
+            groups=groups,
+            catalog=str(raw["CATALOG"]),
+            read_consistency=str(raw["READ_CONSISTENCY"]),
+            pin_after_write_seconds=float(raw["PIN_AFTER_WRITE_SECONDS"]),
+            read_your_writes=str(raw["READ_YOUR_WRITES"]),
+            replica_selection=str(raw["REPLICA_SELECTION"]),
+            max_replica_lag_seconds=float(raw["MAX_REPLICA_LAG_SECONDS"]),
+            fanout=str(raw["FANOUT"]),
+            fanout_workers=int(raw["FANOUT_WORKERS"]),
+            fanout_timeout_seconds=float(raw["FANOUT_TIMEOUT_SECONDS"]),
+            map_lease_seconds=float(raw["MAP_LEASE_SECONDS"]),
+            node_id=None if node_id is None else int(node_id),
+            primaries={alias: frozenset(g) for alias, g in primaries.items()},
+            replicas=frozenset(replicas),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ImproperlyConfigured(
+            f"DJANGO_SHARDS is malformed ({exc!r}); run `manage.py check` for details."
+        ) from exc
+
+
+@functools.cache
+def get_config() -> ShardsSettings:
+    """The parsed settings. Cached; cleared when DJANGO_SHARDS or DATABASES change."""
+    return parse(raw_settings())
+
+
+def reset() -> None:
+    """Forget every cached thing derived from settings (config, maps, replica state)."""
+    get_config.cache_clear()
+    from django_shards import ids, replicas, shardmap
+
+    shardmap.registry.reset()
+    replicas.pool.reset()
+    ids.reset_generator()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("DJANGO_SHARDS", "DATABASES", "INSTALLED_APPS"):
+        reset()

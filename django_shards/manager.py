@@ -1,0 +1,33 @@
+"""The sharded manager: declares a model's group and shard key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models.manager import BaseManager
+
+from django_shards import keys
+from django_shards.query import ShardedQuerySet
+
+
+class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
+    """``objects = ShardedManager(group="users", key="author")``.
+
+    ``key`` names a field (a foreign key means its ``_id`` column; ``"pk"`` the primary
+    key). The first ``ShardedManager`` of a model also becomes its base manager, so that
+    Django's internal lookups (foreign-key descriptors, ``refresh_from_db``) route too.
+    """
+
+    def __init__(self, group: str | None = None, key: str | None = None) -> None:
+        super().__init__()
+        self.group = group
+        self.key = key
+
+    def contribute_to_class(self, cls: type[models.Model], name: str) -> None:
+        super().contribute_to_class(cls, name)
+        if self.group is None or cls._meta.abstract:
+            return
+        keys.register(cls, self.group, self.key or "pk", name)
+        if not cls._meta.base_manager_name and "base_manager" not in cls._meta.__dict__:
+            cls._meta.base_manager_name = name

@@ -1,0 +1,389 @@
+"""The sharded queryset: routes each query from the shard key found in its filters.
+
+The key is read from the compiled WHERE tree, so it is found however the filter was
+written (``pk=``, ``author=obj``, ``author_id__in=[...]``, ``Q`` objects, related
+managers, ``get()``, ``in_bulk()``, the deletion collector ...). A query whose filters
+pin it to one shard runs there; ``range`` predicates under the range strategy are pruned
+to the overlapping shards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
+from django.db.models import lookups
+from django.db.models.expressions import Col
+from django.db.models.sql.where import AND, NothingNode, WhereNode
+
+from django_shards.conf import Shard
+from django_shards.context import validate_level
+from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequired
+from django_shards.keys import ShardKey, key_for_model
+from django_shards.replicas import pool
+from django_shards.routing import read_alias, require_instance_shard, write_alias
+from django_shards.shardmap import ShardMap, get_map
+
+T = TypeVar("T")
+_UNSET: Any = object()
+#: a read routed to a replica is tried on this many aliases before the error surfaces
+READ_ATTEMPTS = 3
+_RANGE_LOOKUPS: dict[type, tuple[bool, bool, bool]] = {
+    # lookup class -> (sets lower bound, inclusive, is upper)
+    lookups.GreaterThan: (True, False, False),
+    lookups.GreaterThanOrEqual: (True, True, False),
+    lookups.LessThan: (False, False, True),
+    lookups.LessThanOrEqual: (False, True, True),
+}
+
+
+def _is_expression(value: Any) -> bool:
+    return hasattr(value, "resolve_expression")
+
+
+def _shards_from_lookup(
+    node: lookups.Lookup, base_alias: str | None, sk: ShardKey, shard_map: ShardMap
+) -> set[str] | None:
+    lhs = node.lhs
+    if not (
+        isinstance(lhs, Col)
+        and lhs.alias == base_alias
+        and getattr(lhs.target, "column", None) == sk.field.column
+    ):
+        return None
+    rhs = node.rhs
+    if _is_expression(rhs):
+        return None
+
+    def locate(value: Any) -> str | None:
+        try:
+            return shard_map.strategy.shard_for_key(shard_map.layout, sk.normalize(value))
+        except NoShardForKey:
+            return None  # no shard holds it: the query matches nothing there
+
+    if isinstance(node, lookups.Exact):
+        name = locate(rhs)
+        return set() if name is None else {name}
+    if isinstance(node, lookups.In):
+        if any(_is_expression(v) for v in rhs):
+            return None
+        return {n for n in (locate(v) for v in rhs if v is not None) if n is not None}
+    if not shard_map.strategy.ordered:
+        return None
+    if isinstance(node, lookups.Range):
+        lo, hi = (sk.normalize(v) for v in rhs)
+        found = shard_map.shards_for_range(lo, hi, True, True)
+    else:
+        for cls, (is_lower, inclusive, _) in _RANGE_LOOKUPS.items():
+            if isinstance(node, cls):
+                bound = sk.normalize(rhs)
+                if is_lower:
+                    found = shard_map.shards_for_range(bound, None, inclusive, False)
+                else:
+                    found = shard_map.shards_for_range(None, bound, True, inclusive)
+                break
+        else:
+            return None
+    return None if found is None else {s.name for s in found}
+
+
+def shards_from_where(
+    node: Any, base_alias: str | None, sk: ShardKey, shard_map: ShardMap
+) -> set[str] | None:
+    """Names of the shards a WHERE tree can match, or None when it does not constrain the key.
+
+    Conservative: a negated branch or an unknown expression constrains nothing.
+    """
+    if isinstance(node, WhereNode):
+        if node.negated:
+            return None
+        results = [shards_from_where(c, base_alias, sk, shard_map) for c in node.children]
+        if node.connector == AND:
+            known = [r for r in results if r is not None]
+            return set.intersection(*known) if known else None
+        if not results or any(r is None for r in results):
+            return None
+        return set().union(*results)
+    if isinstance(node, NothingNode):
+        return set()
+    if isinstance(node, lookups.Lookup):
+        return _shards_from_lookup(node, base_alias, sk, shard_map)
+    return None
+
+
+class ShardedQuerySet(models.QuerySet):
+    """A ``QuerySet`` that picks its database from the shard key in its filters."""
+
+    def __init__(self, model: Any = None, query: Any = None, using: Any = None, hints: Any = None):
+        super().__init__(model, query, using, hints)
+        self._shard_name: str | None = None
+        self._pinned_key: Any = _UNSET
+        self._consistency: str | None = None
+        self._fanout: bool = False
+        self._allow_partial: bool = False
+        self._routed_alias: str | None = None
+
+    def _clone(self) -> ShardedQuerySet:
+        clone = super()._clone()
+        clone._shard_name = self._shard_name
+        clone._pinned_key = self._pinned_key
+        clone._consistency = self._consistency
+        clone._fanout = self._fanout
+        clone._allow_partial = self._allow_partial
+        return clone
+
+    # -- where a query runs ---------------------------------------------------------
+
+    @property
+    def _shard_key(self) -> ShardKey | None:
+        return key_for_model(self.model)
+
+    def _shard_map(self) -> ShardMap:
+        sk = self._shard_key
+        assert sk is not None
+        return get_map(sk.group)
+
+    def _target_shards(self) -> list[Shard]:
+        """The shards this query will touch, in map order."""
+        sk = self._shard_key
+        if sk is None:
+            raise ShardingError(f"{self.model._meta.label} is not sharded.")
+        shard_map = get_map(sk.group)
+        if self._db is not None:
+            shard = shard_map.shard_for_alias(self._db)
+            return [shard] if shard is not None else []
+        if self._shard_name is not None:
+            return [shard_map.shard_named(self._shard_name)]
+        if self._pinned_key is not _UNSET:
+            return [shard_map.shard_for_key(sk.normalize(self._pinned_key))]
+        query = self.query
+        names = shards_from_where(query.where, query.base_table, sk, shard_map)
+        owners = shard_map.owning_shards
+        if names is None:
+            return owners
+        return [s for s in owners if s.name in names]
+
+    def target_shards(self) -> list[str]:
+        """Names of the shards this queryset would run on (no query is run)."""
+        return [s.name for s in self._target_shards()]
+
+    def _single_shard(self) -> Shard:
+        shards = self._target_shards()
+        if len(shards) == 1:
+            return shards[0]
+        if not shards:  # the filters match no shard: any shard answers "nothing"
+            return self._shard_map().owning_shards[0]
+        return self._many_shards(shards)
+
+    def _many_shards(self, shards: list[Shard]) -> Shard:
+        sk = self._shard_key
+        assert sk is not None
+        names = ", ".join(s.name for s in shards)
+        raise ShardKeyRequired(
+            f"This {self.model._meta.label} query does not name its shard key "
+            f"({sk.field_name!r}) and would touch {len(shards)} shards ({names}). "
+            "Filter on the key, or use for_key() or on_shard()."
+        )
+
+    @property
+    def db(self) -> str:
+        if self._db is not None or self._shard_key is None:
+            return super().db
+        shard = self._single_shard()
+        if self._for_write:
+            alias = write_alias(shard)
+        else:
+            alias = read_alias(shard, self._consistency)
+        self._routed_alias = alias
+        return alias
+
+    # -- choosing shard and consistency ---------------------------------------------
+
+    def for_key(self, key: Any) -> ShardedQuerySet:
+        """A queryset pinned to the shard that owns ``key`` (no filter is added)."""
+        clone = self._chain()
+        clone._pinned_key = key
+        clone._shard_name = None
+        return clone
+
+    def on_shard(self, name: str) -> ShardedQuerySet:
+        """A queryset on one shard, by name. Raises ``UnknownShard``."""
+        self._shard_map().shard_named(name)
+        clone = self._chain()
+        clone._shard_name = name
+        clone._pinned_key = _UNSET
+        return clone
+
+    def strong(self) -> ShardedQuerySet:
+        """Reads go to the primary."""
+        clone = self._chain()
+        clone._consistency = "strong"
+        return clone
+
+    def eventual(self) -> ShardedQuerySet:
+        """Reads go to a usable replica (the primary when none is), pinned or not."""
+        clone = self._chain()
+        clone._consistency = "eventual"
+        return clone
+
+    def consistency(self, level: str) -> ShardedQuerySet:
+        clone = self._chain()
+        clone._consistency = validate_level(level)
+        return clone
+
+    def fanout(self) -> ShardedQuerySet:
+        """Explicitly allow this query to run on every shard it targets."""
+        clone = self._chain()
+        clone._fanout = True
+        return clone
+
+    def allow_partial(self) -> ShardedQuerySet:
+        """In a fan-out, a failing shard is left out instead of raising ``FanoutError``."""
+        clone = self._chain()
+        clone._allow_partial = True
+        return clone
+
+    # -- reads that survive a replica failing ---------------------------------------
+
+    def _read(self, run: Callable[[], T]) -> T:
+        if self._db is not None or self._for_write or self._shard_key is None:
+            return run()
+        for attempt in range(READ_ATTEMPTS):
+            self._routed_alias = None
+            started = time.perf_counter()
+            try:
+                result = run()
+            except (OperationalError, InterfaceError) as exc:
+                alias = self._routed_alias
+                if alias is None or attempt == READ_ATTEMPTS - 1 or not self._is_replica(alias):
+                    raise
+                pool.mark_down(alias, exc)
+                continue
+            alias = self._routed_alias
+            if alias is not None and self._is_replica(alias):
+                pool.observe(alias, time.perf_counter() - started)
+            return result
+        raise AssertionError("unreachable")
+
+    def _is_replica(self, alias: str) -> bool:
+        shard = self._shard_map().shard_for_alias(alias)
+        return shard is not None and alias != shard.primary
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is None:
+            self._read(super()._fetch_all)
+        else:
+            super()._fetch_all()
+
+    def count(self) -> int:
+        if self._result_cache is not None:
+            return len(self._result_cache)
+        return self._read(super().count)
+
+    def exists(self) -> bool:
+        if self._result_cache is not None:
+            return bool(self._result_cache)
+        return self._read(super().exists)
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._read(lambda: super(ShardedQuerySet, self).aggregate(*args, **kwargs))
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _check_key_not_updated(self, fields: Iterable[str]) -> None:
+        sk = self._shard_key
+        if sk is not None and {sk.field_name, sk.attname} & set(fields):
+            raise ShardingError(
+                f"update() cannot change {self.model._meta.label}'s shard key "
+                f"{sk.field_name!r}: the rows would stay on their old shard."
+            )
+
+    def update(self, **kwargs: Any) -> int:
+        self._check_key_not_updated(kwargs)
+        return super().update(**kwargs)
+
+    def create(self, **kwargs: Any) -> models.Model:
+        """Create on the primary of the shard that owns the new row's key."""
+        if self._db is not None or self._shard_key is None:
+            return super().create(**kwargs)
+        obj = self.model(**kwargs)
+        self._for_write = True
+        obj.save(force_insert=True, using=write_alias(require_instance_shard(obj)))
+        return obj
+
+    def _by_shard(self, objs: Iterable[models.Model]) -> dict[str, list[models.Model]]:
+        grouped: dict[str, list[models.Model]] = {}
+        for obj in objs:
+            grouped.setdefault(write_alias(require_instance_shard(obj)), []).append(obj)
+        return grouped
+
+    def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
+        """Rows are grouped by shard; one batch per shard (not atomic across shards)."""
+        if self._db is not None or self._shard_key is None:
+            return super().bulk_create(objs, *args, **kwargs)
+        objs = list(objs)
+        for alias, rows in self._by_shard(objs).items():
+            self.using(alias).bulk_create(rows, *args, **kwargs)
+        return objs
+
+    def bulk_update(self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any) -> int:
+        if self._db is not None or self._shard_key is None:
+            return super().bulk_update(objs, fields, *args, **kwargs)
+        self._check_key_not_updated(fields)
+        return sum(
+            self.using(alias).bulk_update(rows, fields, *args, **kwargs)
+            for alias, rows in self._by_shard(objs).items()
+        )
+
+    def _single_write_shard(self, kwargs: dict[str, Any]) -> Shard | None:
+        shards = self.filter(**kwargs)._target_shards()
+        if len(shards) == 1:
+            return shards[0]
+        return None
+
+    def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[models.Model, bool]:
+        if self._db is not None or self._shard_key is None:
+            return super().get_or_create(defaults, **kwargs)
+        shard = self._single_write_shard(kwargs)
+        if shard is not None:
+            return self.using(write_alias(shard)).get_or_create(defaults, **kwargs)
+        # no key: find it wherever it is, else create where its new key belongs
+        try:
+            return self.strong().get(**kwargs), False
+        except self.model.DoesNotExist:
+            params = self._extract_model_params(defaults, **kwargs)
+            try:
+                return self.create(**params), True
+            except IntegrityError:
+                try:
+                    return self.strong().get(**kwargs), False
+                except self.model.DoesNotExist:
+                    pass
+                raise
+
+    def update_or_create(
+        self, defaults: Any = None, create_defaults: Any = None, **kwargs: Any
+    ) -> tuple[models.Model, bool]:
+        if self._db is not None or self._shard_key is None:
+            return super().update_or_create(defaults, create_defaults, **kwargs)
+        shard = self._single_write_shard(kwargs)
+        if shard is not None:
+            return self.using(write_alias(shard)).update_or_create(
+                defaults, create_defaults, **kwargs
+            )
+        defaults = defaults or {}
+        try:
+            obj = self.strong().get(**kwargs)
+        except self.model.DoesNotExist:
+            params = self._extract_model_params(
+                create_defaults if create_defaults is not None else defaults, **kwargs
+            )
+            return self.create(**params), True
+        with transaction.atomic(using=write_alias(require_instance_shard(obj))):
+            for name, value in (defaults or {}).items():
+                setattr(obj, name, value() if callable(value) else value)
+            obj.save()
+        return obj, False
+

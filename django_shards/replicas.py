@@ -1,0 +1,115 @@
+"""Replica choice and health.
+
+A replica that fails to connect or errors is skipped for a cool-down and retried later;
+when no replica is usable the primary serves. ``REPLICA_SELECTION`` picks among usable
+replicas: ``round_robin``, ``random`` or ``fastest`` (lowest observed latency).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import connections
+
+from django_shards.conf import Shard, get_config
+
+logger = logging.getLogger("django_shards.replicas")
+
+#: seconds a failed replica is skipped before it is tried again
+COOL_DOWN_SECONDS = 5.0
+#: weight of a new latency sample in the moving average used by ``fastest``
+LATENCY_ALPHA = 0.2
+
+
+class ReplicaPool:
+    """Process-wide replica state: which are down, how fast each answers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down_until: dict[str, float] = {}
+        self._latency: dict[str, float] = {}
+        self._turns: dict[str, itertools.count[int]] = {}
+        #: extra predicates (e.g. lag checks) a replica must pass to be used
+        self.usable_checks: list[Callable[[str], bool]] = []
+
+    def is_down(self, alias: str) -> bool:
+        until = self._down_until.get(alias)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            with self._lock:
+                self._down_until.pop(alias, None)
+            return False
+        return True
+
+    def mark_down(self, alias: str, error: BaseException | None = None) -> None:
+        """Skip ``alias`` for :data:`COOL_DOWN_SECONDS` and drop its broken connection."""
+        with self._lock:
+            self._down_until[alias] = time.monotonic() + COOL_DOWN_SECONDS
+        logger.warning("replica %s skipped for %.0fs: %s", alias, COOL_DOWN_SECONDS, error)
+        try:
+            connections[alias].close()
+        except Exception:  # noqa: BLE001 - the connection is already broken
+            pass
+
+    def observe(self, alias: str, seconds: float) -> None:
+        """Record how long a read on ``alias`` took (for ``fastest``)."""
+        old = self._latency.get(alias)
+        self._latency[alias] = seconds if old is None else old + LATENCY_ALPHA * (seconds - old)
+
+    def latency(self, alias: str) -> float | None:
+        return self._latency.get(alias)
+
+    def usable(self, alias: str) -> bool:
+        if self.is_down(alias):
+            return False
+        return all(check(alias) for check in self.usable_checks)
+
+    def ordered(self, shard: Shard) -> list[str]:
+        """The shard's usable replicas, best first under ``REPLICA_SELECTION``."""
+        candidates = [a for a in shard.replicas if self.usable(a)]
+        if len(candidates) < 2:
+            return candidates
+        mode = get_config().replica_selection
+        if mode == "random":
+            random.shuffle(candidates)
+        elif mode == "fastest":
+            # unmeasured replicas first, so each gets measured
+            candidates.sort(key=lambda a: self._latency.get(a, -1.0))
+        else:
+            turn = self._turns.get(shard.primary)
+            if turn is None:
+                turn = self._turns.setdefault(shard.primary, itertools.count())
+            start = next(turn) % len(candidates)
+            candidates = candidates[start:] + candidates[:start]
+        return candidates
+
+    def choose(self, shard: Shard) -> str | None:
+        """A usable, connected replica of ``shard``, or None (then the primary serves).
+
+        A replica that cannot connect is marked down here, so the caller never sees it.
+        """
+        for alias in self.ordered(shard):
+            conn = connections[alias]
+            if conn.connection is None:
+                try:
+                    conn.ensure_connection()
+                except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+                    self.mark_down(alias, exc)
+                    continue
+            return alias
+        return None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._down_until.clear()
+            self._latency.clear()
+            self._turns.clear()
+
+
+pool = ReplicaPool()

@@ -1,0 +1,88 @@
+"""Key -> shard -> alias: the decisions shared by the router and the sharded queryset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connections, models
+
+from django_shards import context
+from django_shards.conf import Shard, get_config
+from django_shards.exceptions import ShardingError, ShardKeyRequired
+from django_shards.keys import ShardKey, key_for_model
+from django_shards.replicas import pool
+from django_shards.shardmap import ShardMap, get_map
+
+
+def sharding_of(model: type[models.Model]) -> ShardKey:
+    """The model's shard key; raises ``ShardingError`` for an unsharded model."""
+    key = key_for_model(model)
+    if key is None:
+        raise ShardingError(f"{model._meta.label} is not sharded (it has no ShardedManager).")
+    return key
+
+
+def shard_for(model: type[models.Model], key: Any) -> Shard:
+    """The shard that owns ``key`` for ``model`` (``key`` may be a model instance)."""
+    sk = sharding_of(model)
+    return get_map(sk.group).shard_for_key(sk.normalize(key))
+
+
+def instance_shard(instance: models.Model, group: str | None = None) -> Shard | None:
+    """The shard that owns a sharded ``instance`` (None if it has no key yet).
+
+    With ``group``, only an instance of that group answers.
+    """
+    sk = key_for_model(type(instance))
+    if sk is None or (group is not None and sk.group != group):
+        return None
+    shard_map = get_map(sk.group)
+    value = sk.value_of(instance)
+    if value is None:
+        return shard_map.shard_for_alias(instance._state.db)
+    return shard_map.shard_for_key(value)
+
+
+def require_instance_shard(instance: models.Model) -> Shard:
+    shard = instance_shard(instance)
+    if shard is None:
+        sk = sharding_of(type(instance))
+        raise ShardKeyRequired(
+            f"{type(instance)._meta.label} has no shard key yet ({sk.field_name!r} is unset), "
+            "so it cannot be routed; set the key before saving."
+        )
+    return shard
+
+
+def write_alias(shard: Shard) -> str:
+    """The alias a write to ``shard`` uses (its primary); starts the read-your-writes pin."""
+    context.pin(shard.primary, get_config().pin_after_write_seconds)
+    return shard.primary
+
+
+def read_alias(shard: Shard, consistency: str | None = None) -> str:
+    """The alias a read of ``shard`` uses.
+
+    ``consistency`` is an explicit choice (``strong()``/``eventual()``): strong reads the
+    primary; eventual reads a usable replica, pinned or not. Without it, the
+    ``consistency()`` block or ``READ_CONSISTENCY`` decides, and a shard this context wrote
+    within ``PIN_AFTER_WRITE_SECONDS``, or one inside ``transaction.atomic``, reads its
+    primary.
+    """
+    if not shard.replicas:
+        return shard.primary
+    if consistency is None:
+        level = context.current_consistency() or get_config().read_consistency
+        if level == "strong":
+            return shard.primary
+        if context.pinned(shard.primary) is not None:
+            return shard.primary
+        if connections[shard.primary].in_atomic_block:
+            return shard.primary
+    elif consistency == "strong":
+        return shard.primary
+    return pool.choose(shard) or shard.primary
+
+
+def shard_map_for(model: type[models.Model]) -> ShardMap:
+    return get_map(sharding_of(model).group)

@@ -1,0 +1,198 @@
+"""The versioned shard map of each group, its lease, and catalog access.
+
+Version 1 of a group's map is built from settings. Later versions (written by splits) live
+in the catalog table :class:`~django_shards.models.ShardMapVersion`. A process holds each
+map under a lease: a map older than ``MAP_LEASE_SECONDS`` is re-read from the catalog
+before it routes anything, so a cutover that waits one full lease is seen by everyone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, connections, transaction
+
+from django_shards.conf import GroupSettings, Shard, get_config
+from django_shards.exceptions import ShardingError, UnknownShard
+from django_shards.strategies.base import Layout, Strategy, load_strategy
+
+
+@dataclass(frozen=True, eq=False)
+class ShardMap:
+    """One version of a group's assignment of points to shards."""
+
+    group: str
+    version: int
+    strategy: Strategy
+    layout: Layout
+    shards: Mapping[str, Shard]  # every shard the map knows, by name, in layout order
+
+    def shard_for_key(self, key: Any) -> Shard:
+        """The shard owning ``key``. Raises ``NoShardForKey``."""
+        return self.shards[self.strategy.locate(self.layout, self.strategy.point(key))]
+
+    def shards_for_keys(self, keys: Iterable[Any]) -> list[Shard]:
+        """The shards owning ``keys``, each once, in map order."""
+        names = {self.strategy.locate(self.layout, self.strategy.point(k)) for k in keys}
+        return [s for n, s in self.shards.items() if n in names]
+
+    def shards_for_range(
+        self, lo: Any, hi: Any, lo_inclusive: bool = True, hi_inclusive: bool = False
+    ) -> list[Shard] | None:
+        """Shards that may hold keys in the interval, or None if the strategy can't tell."""
+        names = self.strategy.shards_for_range(self.layout, lo, hi, lo_inclusive, hi_inclusive)
+        if names is None:
+            return None
+        wanted = set(names)
+        return [s for n, s in self.shards.items() if n in wanted]
+
+    @property
+    def owning_shards(self) -> list[Shard]:
+        """The shards that own part of the key space (what a fan-out visits)."""
+        owners = set(self.layout.shard_names())
+        return [s for n, s in self.shards.items() if n in owners]
+
+    def shard_named(self, name: str) -> Shard:
+        try:
+            return self.shards[name]
+        except KeyError:
+            known = ", ".join(self.shards) or "none"
+            raise UnknownShard(
+                f"Group {self.group!r} has no shard named {name!r} (shards: {known})."
+            ) from None
+
+    def shard_for_alias(self, alias: str | None) -> Shard | None:
+        """The shard whose primary or replica is ``alias``, if any."""
+        for shard in self.shards.values():
+            if alias == shard.primary or alias in shard.replicas:
+                return shard
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shards": [s.as_dict() for s in self.shards.values()],
+            "layout": self.layout.to_json(),
+        }
+
+
+def map_from_settings(group: GroupSettings) -> ShardMap:
+    """Version 1: the map the settings describe."""
+    strategy = load_strategy(group.strategy, group.options)
+    return ShardMap(
+        group=group.name,
+        version=1,
+        strategy=strategy,
+        layout=strategy.initial_layout(group.shards),
+        shards={spec.name: spec.shard for spec in group.shards},
+    )
+
+
+def _map_from_row(group: GroupSettings, row: Any) -> ShardMap:
+    strategy = load_strategy(group.strategy, group.options)
+    shards = [Shard.from_dict(d) for d in row.shards]
+    return ShardMap(
+        group=group.name,
+        version=row.version,
+        strategy=strategy,
+        layout=strategy.load_layout(row.layout),
+        shards={s.name: s for s in shards},
+    )
+
+
+def _latest_row(group: str) -> Any:
+    """The newest stored version of ``group``, or None (also when the catalog has no tables)."""
+    from django_shards.models import ShardMapVersion
+
+    catalog = get_config().catalog
+    qs = ShardMapVersion.objects.using(catalog).filter(group=group).order_by("-version")
+    try:
+        if connections[catalog].in_atomic_block:
+            with transaction.atomic(using=catalog):  # a savepoint: a failure stays local
+                return qs.first()
+        return qs.first()
+    except DatabaseError:
+        return None
+
+
+class MapRegistry:
+    """The process's maps, each re-read from the catalog when its lease runs out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._maps: dict[str, tuple[ShardMap, float]] = {}
+
+    def get(self, group: str) -> ShardMap:
+        """The current map of ``group`` (re-read from the catalog once the lease is over)."""
+        entry = self._maps.get(group)
+        if entry is not None and time.monotonic() - entry[1] < get_config().map_lease_seconds:
+            return entry[0]
+        return self.refresh(group)
+
+    def refresh(self, group: str) -> ShardMap:
+        """Re-read ``group``'s map now and restart its lease."""
+        config = get_config()
+        try:
+            settings_group = config.groups[group]
+        except KeyError:
+            known = ", ".join(config.groups) or "none"
+            raise ShardingError(
+                f"Unknown shard group {group!r} (DJANGO_SHARDS GROUPS: {known})."
+            ) from None
+        row = _latest_row(group)
+        with self._lock:
+            current = self._maps.get(group)
+            if row is None:
+                shard_map = current[0] if current and current[0].version == 1 else None
+                shard_map = shard_map or map_from_settings(settings_group)
+            elif current is not None and current[0].version == row.version:
+                shard_map = current[0]
+            else:
+                shard_map = _map_from_row(settings_group, row)
+            self._maps[group] = (shard_map, time.monotonic())
+            return shard_map
+
+    def reset_group(self, group: str) -> None:
+        """Drop ``group``'s map so the next use reads the catalog."""
+        with self._lock:
+            self._maps.pop(group, None)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+
+registry = MapRegistry()
+
+
+def get_map(group: str) -> ShardMap:
+    """The current map of ``group``."""
+    return registry.get(group)
+
+
+def write_version(
+    group: str, shards: Iterable[Shard], layout: Layout, note: str = ""
+) -> ShardMap:
+    """Store the next version of ``group``'s map in the catalog and return it.
+
+    Runs in one transaction on the catalog; a concurrent writer of the same version
+    fails on the unique constraint rather than overwriting.
+    """
+    from django_shards.models import ShardMapVersion
+
+    config = get_config()
+    current = registry.refresh(group)
+    with transaction.atomic(using=config.catalog):
+        row = ShardMapVersion.objects.using(config.catalog).create(
+            group=group,
+            version=current.version + 1,
+            strategy=config.groups[group].strategy,
+            shards=[s.as_dict() for s in shards],
+            layout=layout.to_json(),
+            note=note[:255],
+        )
+    registry.reset_group(group)
+    return _map_from_row(config.groups[group], row)

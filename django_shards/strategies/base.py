@@ -1,0 +1,114 @@
+"""The strategy interface every placement scheme implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
+
+    from django_shards.conf import GroupSettings, ShardSettings
+
+
+def canonical_key(key: Any) -> Any:
+    """A model instance stands for its primary key; anything else for itself."""
+    meta = getattr(key, "_meta", None)
+    if meta is not None and hasattr(key, "pk"):
+        return key.pk
+    return key
+
+
+def canonical_text(key: Any) -> bytes:
+    """The bytes every hashing strategy hashes: ``str(key)`` (an instance: its pk), UTF-8."""
+    return str(canonical_key(key)).encode("utf-8")
+
+
+class Layout(abc.ABC):
+    """An immutable assignment of points to shard names, serialisable to JSON."""
+
+    @abc.abstractmethod
+    def to_json(self) -> Any:
+        """A JSON-serialisable form, read back by the strategy's ``load_layout``."""
+
+    @abc.abstractmethod
+    def shard_names(self) -> tuple[str, ...]:
+        """Names of the shards that own some part of the point space, in layout order."""
+
+
+class Strategy(abc.ABC):
+    """Maps keys to points and, through a :class:`Layout`, points to shard names.
+
+    Subclasses are built with the group's ``OPTIONS`` dict and must be cheap to call:
+    ``point`` and ``locate`` run on every routed query.
+    """
+
+    #: short name used in settings ("range", "hash", ...); custom strategies may leave it.
+    name: ClassVar[str] = "custom"
+    #: True when points keep the keys' order, so range predicates can be pruned.
+    ordered: ClassVar[bool] = False
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options: dict[str, Any] = dict(options or {})
+
+    @abc.abstractmethod
+    def point(self, key: Any) -> Any:
+        """The point of ``key`` (a model instance counts as its pk)."""
+
+    @abc.abstractmethod
+    def initial_layout(self, shards: Sequence[ShardSettings]) -> Layout:
+        """Version 1 of the map, from the group's settings."""
+
+    @abc.abstractmethod
+    def load_layout(self, data: Any) -> Layout:
+        """The layout stored by ``Layout.to_json`` in the catalog."""
+
+    @abc.abstractmethod
+    def locate(self, layout: Layout, point: Any) -> str:
+        """The shard name owning ``point``. Raises ``NoShardForKey`` if none does."""
+
+    def shard_for_key(self, layout: Layout, key: Any) -> str:
+        return self.locate(layout, self.point(key))
+
+    def shards_for_range(
+        self,
+        layout: Layout,
+        lo: Any = None,
+        hi: Any = None,
+        lo_inclusive: bool = True,
+        hi_inclusive: bool = False,
+    ) -> list[str] | None:
+        """Shards whose points may hold keys in the interval (None = unbounded).
+
+        ``None`` means the strategy cannot prune ranges (every shard may hold them).
+        """
+        return None
+
+    @abc.abstractmethod
+    def split(self, layout: Layout, source: str, target: str, at: Any = None) -> Layout:
+        """A new layout where ``target`` takes part of ``source``; other shards unchanged.
+
+        Raises ``SplitError`` with a clear sentence when this strategy cannot do it.
+        """
+
+    def share(self, layout: Layout) -> dict[str, float | None]:
+        """Fraction of the point space each shard owns (None where it has no meaning)."""
+        return {name: None for name in layout.shard_names()}
+
+    def describe(self, layout: Layout) -> dict[str, str]:
+        """A short human description of what each shard owns (for shard_status)."""
+        return {name: "" for name in layout.shard_names()}
+
+    @classmethod
+    def check(cls, group: GroupSettings) -> list[CheckMessage]:
+        """System-check messages for this group's configuration (ids django_shards.E02x)."""
+        return []
+
+
+def load_strategy(path: str, options: Mapping[str, Any] | None = None) -> Strategy:
+    """Instantiate the strategy class named by dotted ``path``."""
+    cls = import_string(path)
+    return cls(options)

@@ -1,0 +1,56 @@
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from django_shards import context
+from django_shards.conf import get_config
+from django_shards.replicas import pool
+from django_shards.shardmap import registry
+
+MARIADB = settings.SHARDS_DB == "mariadb"
+
+
+def pytest_collection_modifyitems(config, items):
+    if MARIADB:
+        return
+    skip = pytest.mark.skip(reason="needs the MariaDB topology (SHARDS_DB=mariadb)")
+    for item in items:
+        if "mariadb" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_routing_state():
+    """Each test starts with no pins, no replica marked down and maps re-read."""
+    registry.reset()
+    pool.reset()
+    context.clear_pins()
+    yield
+    context.clear_pins()
+    pool.reset()
+    registry.reset()
+
+
+def wait_for_replicas(timeout: float = 10.0) -> None:
+    """Block until every replica has applied everything its primary committed.
+
+    SQLite replicas read the primary's file, so there is nothing to wait for.
+    """
+    if not MARIADB:
+        return
+    for group in get_config().groups.values():
+        for spec in group.shards:
+            shard = spec.shard
+            with connections[shard.primary].cursor() as cur:
+                cur.execute("SELECT @@gtid_binlog_pos")
+                (pos,) = cur.fetchone()
+            for replica in shard.replicas:
+                with connections[replica].cursor() as cur:
+                    cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", [pos, timeout])
+                    (result,) = cur.fetchone()
+                assert result == 0, f"replica {replica} did not catch up with {pos}"
+
+
+@pytest.fixture
+def replicas_caught_up():
+    return wait_for_replicas

@@ -1,0 +1,115 @@
+"""Settings of the test project.
+
+SQLite by default (a catalog file and shard files, each shard with a replica alias that
+reads the same file). With ``SHARDS_DB=mariadb`` the URLs come from the environment, as
+written by ``scripts/mariadb-topology env``: primaries with real GTID replicas.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import environ
+
+env = environ.Env()
+SHARDS_DB = env.str("SHARDS_DB", default="sqlite")
+SHARD_COUNT = 6  # s0..s3 serve the groups; s4, s5 are spare primaries for splits
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "tests.urls"
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_shards",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django_shards.middleware.PinningMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASE_ROUTERS = ["django_shards.router.ShardRouter"]
+
+if SHARDS_DB == "mariadb":
+    def _mysql(var):
+        cfg = env.db(var)
+        cfg.setdefault("OPTIONS", {}).update({"charset": "utf8mb4", "connect_timeout": 2})
+        return cfg
+
+    DATABASES = {"default": _mysql("DATABASE_URL")}
+    for i in range(SHARD_COUNT):
+        DATABASES[f"s{i}"] = _mysql(f"S{i}_URL")
+        DATABASES[f"s{i}_r1"] = {**_mysql(f"S{i}_R1_URL"), "TEST": {"MIRROR": f"s{i}"}}
+else:
+    _dir = Path(os.environ.get("SHARDS_SQLITE_DIR") or tempfile.mkdtemp(prefix="shards-tests-"))
+
+    def _sqlite(name):
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(_dir / f"{name}.sqlite3"),
+            "TEST": {"NAME": str(_dir / f"test_{name}.sqlite3")},
+            "OPTIONS": {"timeout": 20},
+        }
+
+    DATABASES = {"default": _sqlite("catalog")}
+    for i in range(SHARD_COUNT):
+        DATABASES[f"s{i}"] = _sqlite(f"s{i}")
+        DATABASES[f"s{i}_r1"] = {**_sqlite(f"s{i}"), "TEST": {"MIRROR": f"s{i}"}}
+
+
+def _shards(*indexes, ranges=None):
+    out = []
+    for n, i in enumerate(indexes):
+        shard = {"NAME": f"s{i}", "PRIMARY": f"s{i}", "REPLICAS": [f"s{i}_r1"]}
+        if ranges:
+            shard["RANGE"] = ranges[n]
+        out.append(shard)
+    return out
+
+
+DJANGO_SHARDS = {
+    "GROUPS": {
+        # authors, their posts and follows: co-located by author
+        "users": {"STRATEGY": "consistent_hash", "OPTIONS": {"vnodes": 64}, "SHARDS": _shards(0, 1, 2, 3)},
+        # events by account number: range scans prune
+        "events": {
+            "STRATEGY": "range",
+            "SHARDS": _shards(0, 1, 2, ranges=[[None, 1000], [1000, 2000], [2000, None]]),
+        },
+        # sensor readings by sensor id: even spread
+        "metrics": {"STRATEGY": "hash", "SHARDS": _shards(0, 1, 2, 3)},
+        # legacy codes: the naive scheme
+        "legacy": {"STRATEGY": "modulo", "SHARDS": _shards(0, 1)},
+    },
+    "CATALOG": "default",
+    "PIN_AFTER_WRITE_SECONDS": 2.0,
+    "MAP_LEASE_SECONDS": 1.0,
+}
+
+STATIC_URL = "/static/"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

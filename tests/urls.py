@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import path
+
+from tests import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("t/authors/", views.create_author),
+    path("t/authors/<int:pk>/", views.read_author),
+]
