@@ -140,6 +140,18 @@ class ShardedQuerySet(models.QuerySet):
     def _shard_key(self) -> ShardKey | None:
         return key_for_model(self.model)
 
+    @property
+    def _routes_itself(self) -> bool:
+        """True for a sharded model unless ``using()`` named one of its group's databases.
+
+        An alias outside the group (say ``default``, which Django's admin passes for
+        deletions) cannot hold the model's rows, so it is ignored and the key routes.
+        """
+        sk = self._shard_key
+        if sk is None:
+            return False
+        return self._db is None or get_map(sk.group).shard_for_alias(self._db) is None
+
     def _shard_map(self) -> ShardMap:
         sk = self._shard_key
         assert sk is not None
@@ -153,7 +165,8 @@ class ShardedQuerySet(models.QuerySet):
         shard_map = get_map(sk.group)
         if self._db is not None:
             shard = shard_map.shard_for_alias(self._db)
-            return [shard] if shard is not None else []
+            if shard is not None:
+                return [shard]
         if self._shard_name is not None:
             return [shard_map.shard_named(self._shard_name)]
         if self._pinned_key is not _UNSET:
@@ -189,7 +202,7 @@ class ShardedQuerySet(models.QuerySet):
 
     @property
     def db(self) -> str:
-        if self._db is not None or self._shard_key is None:
+        if not self._routes_itself:
             return super().db
         shard = self._single_shard()
         if self._for_write:
@@ -248,7 +261,7 @@ class ShardedQuerySet(models.QuerySet):
     # -- reads that survive a replica failing ---------------------------------------
 
     def _read(self, run: Callable[[], T]) -> T:
-        if self._db is not None or self._for_write or self._shard_key is None:
+        if self._for_write or not self._routes_itself:
             return run()
         for attempt in range(READ_ATTEMPTS):
             self._routed_alias = None
@@ -306,7 +319,7 @@ class ShardedQuerySet(models.QuerySet):
 
     def create(self, **kwargs: Any) -> models.Model:
         """Create on the primary of the shard that owns the new row's key."""
-        if self._db is not None or self._shard_key is None:
+        if not self._routes_itself:
             return super().create(**kwargs)
         obj = self.model(**kwargs)
         self._for_write = True
@@ -321,7 +334,7 @@ class ShardedQuerySet(models.QuerySet):
 
     def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
         """Rows are grouped by shard; one batch per shard (not atomic across shards)."""
-        if self._db is not None or self._shard_key is None:
+        if not self._routes_itself:
             return super().bulk_create(objs, *args, **kwargs)
         objs = list(objs)
         for alias, rows in self._by_shard(objs).items():
@@ -329,7 +342,7 @@ class ShardedQuerySet(models.QuerySet):
         return objs
 
     def bulk_update(self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any) -> int:
-        if self._db is not None or self._shard_key is None:
+        if not self._routes_itself:
             return super().bulk_update(objs, fields, *args, **kwargs)
         self._check_key_not_updated(fields)
         return sum(
@@ -344,7 +357,7 @@ class ShardedQuerySet(models.QuerySet):
         return None
 
     def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[models.Model, bool]:
-        if self._db is not None or self._shard_key is None:
+        if not self._routes_itself:
             return super().get_or_create(defaults, **kwargs)
         shard = self._single_write_shard(kwargs)
         if shard is not None:
@@ -366,7 +379,7 @@ class ShardedQuerySet(models.QuerySet):
     def update_or_create(
         self, defaults: Any = None, create_defaults: Any = None, **kwargs: Any
     ) -> tuple[models.Model, bool]:
-        if self._db is not None or self._shard_key is None:
+        if not self._routes_itself:
             return super().update_or_create(defaults, create_defaults, **kwargs)
         shard = self._single_write_shard(kwargs)
         if shard is not None:

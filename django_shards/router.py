@@ -39,9 +39,9 @@ class ShardRouter:
             return None
         if type(instance) is model:
             # the object being written: it must name its key
-            return write_alias(require_instance_shard(instance))
+            return write_alias(require_instance_shard(instance), pin=False)
         shard = instance_shard(instance, group=sk.group)
-        return None if shard is None else write_alias(shard)
+        return None if shard is None else write_alias(shard, pin=False)
 
     def allow_relation(self, obj1: models.Model, obj2: models.Model, **hints: Any) -> bool | None:
         k1, k2 = key_for_model(type(obj1)), key_for_model(type(obj2))

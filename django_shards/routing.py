@@ -54,10 +54,26 @@ def require_instance_shard(instance: models.Model) -> Shard:
     return shard
 
 
-def write_alias(shard: Shard) -> str:
-    """The alias a write to ``shard`` uses (its primary); starts the read-your-writes pin."""
-    context.pin(shard.primary, get_config().pin_after_write_seconds)
+def write_alias(shard: Shard, *, pin: bool = True) -> str:
+    """The alias a write to ``shard`` uses (its primary).
+
+    With ``pin``, starts the read-your-writes window for the shard. Saves and deletes of
+    instances pin through signals instead (see :func:`pin_after_save`), since Django also
+    asks the router for a write alias when it merely relates two objects.
+    """
+    if pin:
+        context.pin(shard.primary, get_config().pin_after_write_seconds)
     return shard.primary
+
+
+def pin_after_save(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    """``post_save``/``post_delete`` receiver: a sharded row was written on ``using``."""
+    sk = key_for_model(sender)
+    if sk is None:
+        return
+    shard = get_map(sk.group).shard_for_alias(using)
+    if shard is not None:
+        context.pin(shard.primary, get_config().pin_after_write_seconds)
 
 
 def read_alias(shard: Shard, consistency: str | None = None) -> str:

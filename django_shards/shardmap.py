@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from django.db import DatabaseError, connections, transaction
@@ -65,12 +66,13 @@ class ShardMap:
                 f"Group {self.group!r} has no shard named {name!r} (shards: {known})."
             ) from None
 
+    @cached_property
+    def _by_alias(self) -> dict[str, Shard]:
+        return {alias: s for s in self.shards.values() for alias in s.aliases}
+
     def shard_for_alias(self, alias: str | None) -> Shard | None:
         """The shard whose primary or replica is ``alias``, if any."""
-        for shard in self.shards.values():
-            if alias == shard.primary or alias in shard.replicas:
-                return shard
-        return None
+        return self._by_alias.get(alias)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
         return {

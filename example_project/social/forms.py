@@ -1,0 +1,11 @@
+from django import forms
+
+from social.models import Post
+
+
+class PostForm(forms.ModelForm):
+    class Meta:
+        model = Post
+        fields = ["body"]
+        widgets = {"body": forms.Textarea(attrs={"rows": 4, "cols": 60, "autofocus": True})}
+        labels = {"body": "What's new?"}

@@ -1,0 +1,83 @@
+"""Plain Django views: nothing here names a database, the library routes every query."""
+
+from django.db.models import Sum
+from django.shortcuts import get_object_or_404, redirect, render
+
+from django_shards.exceptions import ShardKeyRequired
+from social.forms import PostForm
+from social.models import Author, Post
+from social.shards import shard_names
+
+LATEST_COUNT = 20
+POSTS_SHOWN = 50
+FOLLOWING_SHOWN = 20
+
+
+def latest_posts(request):
+    """The newest posts of everyone: no shard key, so the query fans out to every shard."""
+    try:
+        posts = list(Post.objects.select_related("author").order_by("-created")[:LATEST_COUNT])
+        fanout_error = None
+    except ShardKeyRequired as exc:
+        # TODO(fan-out): drop this branch once fan-out lands; the query above is final.
+        posts, fanout_error = [], str(exc)
+    context = {"posts": posts, "fanout_error": fanout_error}
+    if fanout_error:
+        # meanwhile, a way in: a few authors of each shard (one shard per query)
+        context["authors_by_shard"] = {
+            name: Author.objects.on_shard(name).order_by("handle")[:5] for name in shard_names()
+        }
+    return render(request, "social/latest.html", context)
+
+
+def profile(request, author_id):
+    """One author, her counts and who she follows: all on her shard, except the followees."""
+    author = get_object_or_404(Author, pk=author_id)
+    posts = author.post_set.all()
+    follows = list(author.following.order_by("-created")[:FOLLOWING_SHOWN])
+    # The followees live on their own shards (select_related("followee") would join on the
+    # follower's shard and miss them): filter(pk__in=...) visits only their shards.
+    try:
+        by_id = Author.objects.in_bulk([f.followee_id for f in follows])
+        followees = [by_id[f.followee_id] for f in follows if f.followee_id in by_id]
+    except ShardKeyRequired:
+        # TODO(fan-out): drop this fallback once fan-out lands: one read per followee.
+        followees = [f.followee for f in follows]
+    return render(
+        request,
+        "social/profile.html",
+        {
+            "author": author,
+            "post_count": posts.count(),
+            "like_count": posts.aggregate(total=Sum("likes"))["total"] or 0,
+            "following_count": author.following.count(),
+            "followees": followees,
+            "read_from": author._state.db,
+        },
+    )
+
+
+def author_posts(request, author_id):
+    """An author's posts, newest first: one shard."""
+    author = get_object_or_404(Author, pk=author_id)
+    posts = list(author.post_set.order_by("-created")[:POSTS_SHOWN])
+    return render(
+        request,
+        "social/posts.html",
+        {
+            "author": author,
+            "posts": posts,
+            # right after a new post this is the primary: the pin came back in a cookie
+            "read_from": posts[0]._state.db if posts else author._state.db,
+        },
+    )
+
+
+def new_post(request, author_id):
+    """Write a post, then redirect to the author's posts, where it shows (read-your-writes)."""
+    author = get_object_or_404(Author, pk=author_id)
+    form = PostForm(request.POST or None, instance=Post(author=author))
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        return redirect("social:posts", author_id=author.pk)
+    return render(request, "social/post_form.html", {"author": author, "form": form})
