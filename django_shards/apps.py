@@ -8,12 +8,10 @@ class ShardsConfig(AppConfig):
 
     def ready(self) -> None:
         from django.core.signals import setting_changed
+        from django.db.models.signals import post_delete, post_save
 
         from django_shards import checks  # noqa: F401  (registers the system checks)
         from django_shards.conf import _on_setting_changed
-
-        from django.db.models.signals import post_delete, post_save
-
         from django_shards.routing import pin_after_save
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="django_shards.settings")

@@ -10,19 +10,22 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
+from types import MappingProxyType
 
 from django_shards.conf import CONSISTENCY_LEVELS
 
 _consistency: ContextVar[str | None] = ContextVar("django_shards_consistency", default=None)
 # primary alias -> (wall-clock expiry, GTID position written or None)
 _pins: ContextVar[Mapping[str, tuple[float, str | None]]] = ContextVar(
-    "django_shards_pins", default={}
+    "django_shards_pins", default=MappingProxyType({})
 )
 
 
 def validate_level(level: str) -> str:
     if level not in CONSISTENCY_LEVELS:
-        raise ValueError(f"Unknown consistency {level!r}; use one of {', '.join(CONSISTENCY_LEVELS)}.")
+        raise ValueError(
+            f"Unknown consistency {level!r}; use one of {', '.join(CONSISTENCY_LEVELS)}."
+        )
     return level
 
 

@@ -53,9 +53,11 @@ class SnowflakeGenerator:
                 self._sequence += 1
                 if self._sequence > MAX_SEQUENCE:
                     self._last_ms, self._sequence = self._last_ms + 1, 0
-            return (self._last_ms << (NODE_BITS + SEQUENCE_BITS)) | (
-                self.node_id << SEQUENCE_BITS
-            ) | self._sequence
+            return (
+                (self._last_ms << (NODE_BITS + SEQUENCE_BITS))
+                | (self.node_id << SEQUENCE_BITS)
+                | self._sequence
+            )
 
 
 _generator: SnowflakeGenerator | None = None

@@ -9,24 +9,38 @@ to the overlapping shards.
 
 from __future__ import annotations
 
+import heapq
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from django.db import IntegrityError, InterfaceError, OperationalError, models, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    NotSupportedError,
+    OperationalError,
+    models,
+    transaction,
+)
 from django.db.models import lookups
 from django.db.models.expressions import Col
+from django.db.models.query import ModelIterable, prefetch_related_objects
 from django.db.models.sql.where import AND, NothingNode, WhereNode
 
-from django_shards.conf import Shard
+from django_shards import merge
+from django_shards.conf import Shard, get_config
 from django_shards.context import validate_level
 from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequired
+from django_shards.fanout import FanoutResult, collect, get_executor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
 from django_shards.routing import read_alias, require_instance_shard, write_alias
 from django_shards.shardmap import ShardMap, get_map
 
 T = TypeVar("T")
+logger = logging.getLogger("django_shards.fanout")
 _UNSET: Any = object()
 #: a read routed to a replica is tried on this many aliases before the error surfaces
 READ_ATTEMPTS = 3
@@ -124,6 +138,8 @@ class ShardedQuerySet(models.QuerySet):
         self._fanout: bool = False
         self._allow_partial: bool = False
         self._routed_alias: str | None = None
+        #: shards left out of the last fan-out of this queryset (with allow_partial())
+        self.missing_shards: list[str] = []
 
     def _clone(self) -> ShardedQuerySet:
         clone = super()._clone()
@@ -195,10 +211,201 @@ class ShardedQuerySet(models.QuerySet):
         assert sk is not None
         names = ", ".join(s.name for s in shards)
         raise ShardKeyRequired(
-            f"This {self.model._meta.label} query does not name its shard key "
-            f"({sk.field_name!r}) and would touch {len(shards)} shards ({names}). "
-            "Filter on the key, or use for_key() or on_shard()."
+            f"This {self.model._meta.label} operation runs on one database, but the query does "
+            f"not name its shard key ({sk.field_name!r}) and would touch {len(shards)} shards "
+            f"({names}). Filter on the key, or use for_key() or on_shard()."
         )
+
+    # -- fan-out ----------------------------------------------------------------------
+
+    def _fanout_shards(self) -> list[Shard] | None:
+        """The shards to fan out to, or None when the query runs on a single shard.
+
+        Applies ``FANOUT``: ``deny`` raises ``ShardKeyRequired`` unless ``.fanout()`` was
+        asked, ``warn`` logs the model and the filter.
+        """
+        if not self._routes_itself:
+            return None
+        shards = self._target_shards()
+        if len(shards) <= 1:
+            return None
+        if not self._fanout:
+            mode = get_config().fanout
+            if mode == "deny":
+                sk = self._shard_key
+                assert sk is not None
+                raise ShardKeyRequired(
+                    f"This {self.model._meta.label} query does not name its shard key "
+                    f"({sk.field_name!r}) and FANOUT is 'deny'; it would run on "
+                    f"{len(shards)} shards. Filter on the key, or call .fanout() to allow it."
+                )
+            if mode == "warn":
+                logger.warning(
+                    "fan-out: %s on %d shards (%s), filter: %s",
+                    self.model._meta.label,
+                    len(shards),
+                    ", ".join(s.name for s in shards),
+                    self.query.where,
+                )
+        return shards
+
+    def _run_fanout(
+        self, shards: list[Shard], task: Any, *, what: str, for_write: bool = False
+    ) -> list[FanoutResult]:
+        """Run ``task(alias)`` on every shard in parallel (primaries for writes)."""
+        for_write = for_write or self._for_write
+        targets = [
+            (s, write_alias(s) if for_write else read_alias(s, self._consistency)) for s in shards
+        ]
+        results = get_executor().run(targets, task, timeout=get_config().fanout_timeout_seconds)
+        good, self.missing_shards = collect(results, allow_partial=self._allow_partial, what=what)
+        return good
+
+    def _what(self, operation: str) -> str:
+        return f"{self.model._meta.label} {operation}"
+
+    def _is_values_grouped(self) -> bool:
+        return merge.is_grouped(self.query) and self.query.group_by is not True
+
+    def _fanout_fetch(self, shards: list[Shard]) -> list[Any]:
+        if self.query.combinator:
+            results = self._run_fanout(
+                shards, lambda alias: list(self.using(alias)), what=self._what("union")
+            )
+            return merge.merge_combined(self, [(r.alias, r.value) for r in results])
+        if self._is_values_grouped():
+            shard_qs, plan = merge.per_shard_groups(self)
+            results = self._run_fanout(
+                shards, lambda alias: list(shard_qs.using(alias)), what=self._what("group-by")
+            )
+            return merge.merge_groups(self, plan, [(r.alias, r.value) for r in results])
+        shard_qs, plan = merge.per_shard_rows(self)
+        shard_qs._prefetch_related_lookups = ()  # done once, on the merged rows
+        results = self._run_fanout(
+            shards, lambda alias: list(shard_qs.using(alias)), what=self._what("query")
+        )
+        return merge.merge_rows(self, plan, [(r.alias, r.value) for r in results])
+
+    def _fanout_count(self, shards: list[Shard]) -> int:
+        query = self.query
+        if (
+            query.combinator
+            or self._is_values_grouped()
+            or (query.distinct and self._iterable_class is not ModelIterable)
+        ):
+            return len(self._fanout_fetch(shards))
+        base = self._chain()
+        base.query.clear_limits()
+        base.query.clear_ordering(force=True)
+        results = self._run_fanout(
+            shards, lambda alias: base.using(alias).count(), what=self._what("count")
+        )
+        total = sum(r.value for r in results)
+        if query.high_mark is not None:
+            total = min(total, query.high_mark)
+        return max(0, total - query.low_mark)
+
+    def _fanout_aggregate(
+        self, shards: list[Shard], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        aggregates = dict(kwargs)
+        for arg in args:
+            try:
+                aggregates[arg.default_alias] = arg
+            except (AttributeError, TypeError):
+                raise TypeError("Complex aggregates require an alias") from None
+        query = self.query
+        if query.is_sliced or query.combinator or query.distinct or merge.is_grouped(query):
+            raise NotSupportedError(
+                "aggregate() over a sliced, distinct, grouped or combined queryset cannot be "
+                "merged across shards; aggregate each shard with on_shard()."
+            )
+        plan = merge.plan_aggregate(aggregates)
+        base = self._chain()
+        base.query.clear_ordering(force=True)
+
+        def task(alias: str) -> tuple[dict[str, Any], dict[str, set[Any]]]:
+            qs = base.using(alias)
+            answer = qs.aggregate(**plan.parts) if plan.parts else {}
+            values = {}
+            for name, agg in plan.distinct.items():
+                expression = agg.get_source_expressions()[0]
+                scoped = qs.filter(agg.filter) if agg.filter is not None else qs
+                column = scoped.annotate(_shards_d=expression).values_list("_shards_d", flat=True)
+                values[name] = {v for v in column.distinct() if v is not None}
+            return answer, values
+
+        results = self._run_fanout(shards, task, what=self._what("aggregate"))
+        distinct = {
+            name: set().union(*(r.value[1][name] for r in results)) for name in plan.distinct
+        }
+        return merge.combine_aggregates(plan, [r.value[0] for r in results], distinct)
+
+    def _fanout_iterator(self, shards: list[Shard], chunk_size: int) -> Any:
+        query = self.query
+        plan_ordering = merge.ordering_of(query)
+        if (
+            query.combinator
+            or query.is_sliced
+            or self._is_values_grouped()
+            or plan_ordering is merge.RANDOM
+        ):
+            yield from self._fanout_fetch(shards)
+            return
+        keyset = not plan_ordering
+        ordered = (
+            self.order_by("pk")
+            if keyset
+            else self.order_by(*query.order_by or query.get_meta().ordering, "pk")
+        )
+        if not query.standard_ordering and not keyset:
+            ordered = ordered.reverse()
+        shard_qs, plan = merge.per_shard_rows(ordered)
+        shard_qs._prefetch_related_lookups = ()
+        kind, ordering, names = plan
+        targets = [
+            (s, read_alias(s, self._consistency) if not self._for_write else write_alias(s))
+            for s in shards
+        ]
+
+        def pages(alias: str) -> Any:
+            sort_key = merge.SortKey(ordering, alias)
+            offset, last_pk = 0, None
+            while True:
+                page_qs = shard_qs.using(alias)
+                if keyset:
+                    if last_pk is not None:
+                        page_qs = page_qs.filter(pk__gt=last_pk)
+                    rows = list(page_qs[:chunk_size])
+                else:
+                    rows = list(page_qs[offset : offset + chunk_size])
+                    offset += chunk_size
+                for row in rows:
+                    values, clean = merge.split_order_values(row, kind, names)
+                    last_pk = values[-1]
+                    yield sort_key(values), clean
+                if len(rows) < chunk_size:
+                    return
+
+        merged = (
+            row for _, row in heapq.merge(*(pages(a) for _, a in targets), key=lambda p: p[0])
+        )
+        if query.distinct and kind != "models":
+            merged = merge._dedupe(merged, kind)
+        rows = merge._finish_rows(self, kind, merged)
+        if not self._prefetch_related_lookups:
+            yield from rows
+            return
+        chunk: list[Any] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == chunk_size:
+                prefetch_related_objects(chunk, *self._prefetch_related_lookups)
+                yield from chunk
+                chunk = []
+        if chunk:
+            prefetch_related_objects(chunk, *self._prefetch_related_lookups)
+            yield from chunk
 
     @property
     def db(self) -> str:
@@ -286,6 +493,12 @@ class ShardedQuerySet(models.QuerySet):
 
     def _fetch_all(self) -> None:
         if self._result_cache is None:
+            shards = self._fanout_shards()
+            if shards is not None:
+                self._result_cache = self._fanout_fetch(shards)
+                if self._prefetch_related_lookups and not self._prefetch_done:
+                    self._prefetch_related_objects()
+                return
             self._read(super()._fetch_all)
         else:
             super()._fetch_all()
@@ -293,15 +506,86 @@ class ShardedQuerySet(models.QuerySet):
     def count(self) -> int:
         if self._result_cache is not None:
             return len(self._result_cache)
+        shards = self._fanout_shards()
+        if shards is not None:
+            return self._fanout_count(shards)
         return self._read(super().count)
 
     def exists(self) -> bool:
         if self._result_cache is not None:
             return bool(self._result_cache)
+        shards = self._fanout_shards()
+        if shards is not None:
+            if self.query.is_sliced:
+                return self._fanout_count(shards) > 0
+            base = self._chain()
+            base.query.clear_ordering(force=True)
+            results = self._run_fanout(
+                shards, lambda alias: base.using(alias).exists(), what=self._what("exists")
+            )
+            return any(r.value for r in results)
         return self._read(super().exists)
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        shards = self._fanout_shards()
+        if shards is not None:
+            return self._fanout_aggregate(shards, args, kwargs)
         return self._read(lambda: super(ShardedQuerySet, self).aggregate(*args, **kwargs))
+
+    def in_bulk(self, id_list: Any = None, *, field_name: str = "pk") -> dict[Any, Any]:
+        """Like ``QuerySet.in_bulk``; ids of several shards are looked up on each of them."""
+        if not self._routes_itself:
+            return super().in_bulk(id_list, field_name=field_name)
+        if id_list is not None:
+            id_list = list(id_list)
+            if not id_list:
+                return {}
+            target = self.filter(**{f"{field_name}__in": id_list})
+        else:
+            target = self
+        shards = target._target_shards()
+        if len(shards) <= 1:
+            pinned = self._chain()
+            pinned._shard_name = shards[0].name if shards else None
+            if pinned._shard_name is None:
+                return {}
+            return super(ShardedQuerySet, pinned).in_bulk(id_list, field_name=field_name)
+        target._fanout_shards()  # applies FANOUT (deny / warn)
+        results = self._run_fanout(
+            shards,
+            lambda alias: self.using(alias).in_bulk(id_list, field_name=field_name),
+            what=self._what("in_bulk"),
+        )
+        merged: dict[Any, Any] = {}
+        for r in results:
+            merged.update(r.value)
+        return merged
+
+    def iterator(self, chunk_size: int | None = None) -> Any:
+        """Streams rows; across shards, memory stays bounded by shards x ``chunk_size``."""
+        shards = self._fanout_shards()
+        if shards is None:
+            return super().iterator(chunk_size)
+        return self._fanout_iterator(shards, chunk_size or 2000)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        shards = self._fanout_shards()
+        if shards is None:
+            return super().delete()
+        base = self._chain()
+        results = self._run_fanout(
+            shards,
+            lambda alias: base.using(alias).delete(),
+            what=self._what("delete"),
+            for_write=True,
+        )
+        counts: Counter[str] = Counter()
+        for r in results:
+            counts.update(r.value[1])
+        return sum(r.value[0] for r in results), dict(counts)
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
 
     # -- writes ------------------------------------------------------------------------
 
@@ -315,7 +599,19 @@ class ShardedQuerySet(models.QuerySet):
 
     def update(self, **kwargs: Any) -> int:
         self._check_key_not_updated(kwargs)
-        return super().update(**kwargs)
+        shards = self._fanout_shards()
+        if shards is None:
+            return super().update(**kwargs)
+        base = self._chain()
+        results = self._run_fanout(
+            shards,
+            lambda alias: base.using(alias).update(**kwargs),
+            what=self._what("update"),
+            for_write=True,
+        )
+        return sum(r.value for r in results)
+
+    update.alters_data = True  # type: ignore[attr-defined]
 
     def create(self, **kwargs: Any) -> models.Model:
         """Create on the primary of the shard that owns the new row's key."""
@@ -341,7 +637,9 @@ class ShardedQuerySet(models.QuerySet):
             self.using(alias).bulk_create(rows, *args, **kwargs)
         return objs
 
-    def bulk_update(self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any) -> int:
+    def bulk_update(
+        self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any
+    ) -> int:
         if not self._routes_itself:
             return super().bulk_update(objs, fields, *args, **kwargs)
         self._check_key_not_updated(fields)
@@ -399,4 +697,3 @@ class ShardedQuerySet(models.QuerySet):
                 setattr(obj, name, value() if callable(value) else value)
             obj.save()
         return obj, False
-

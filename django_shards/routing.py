@@ -66,7 +66,9 @@ def write_alias(shard: Shard, *, pin: bool = True) -> str:
     return shard.primary
 
 
-def pin_after_save(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+def pin_after_save(
+    sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any
+) -> None:
     """``post_save``/``post_delete`` receiver: a sharded row was written on ``using``."""
     sk = key_for_model(sender)
     if sk is None:

@@ -34,11 +34,11 @@ class ShardMap:
 
     def shard_for_key(self, key: Any) -> Shard:
         """The shard owning ``key``. Raises ``NoShardForKey``."""
-        return self.shards[self.strategy.locate(self.layout, self.strategy.point(key))]
+        return self.shards[self.strategy.shard_for_key(self.layout, key)]
 
     def shards_for_keys(self, keys: Iterable[Any]) -> list[Shard]:
         """The shards owning ``keys``, each once, in map order."""
-        names = {self.strategy.locate(self.layout, self.strategy.point(k)) for k in keys}
+        names = {self.strategy.shard_for_key(self.layout, k) for k in keys}
         return [s for n, s in self.shards.items() if n in names]
 
     def shards_for_range(
@@ -175,9 +175,7 @@ def get_map(group: str) -> ShardMap:
     return registry.get(group)
 
 
-def write_version(
-    group: str, shards: Iterable[Shard], layout: Layout, note: str = ""
-) -> ShardMap:
+def write_version(group: str, shards: Iterable[Shard], layout: Layout, note: str = "") -> ShardMap:
     """Store the next version of ``group``'s map in the catalog and return it.
 
     Runs in one transaction on the catalog; a concurrent writer of the same version

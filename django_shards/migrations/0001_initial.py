@@ -4,28 +4,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ShardMapVersion',
+            name="ShardMapVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('group', models.CharField(max_length=100)),
-                ('version', models.PositiveIntegerField()),
-                ('strategy', models.CharField(max_length=255)),
-                ('shards', models.JSONField(help_text='[{name, primary, replicas}] in layout order')),
-                ('layout', models.JSONField(help_text="the strategy's layout, as Layout.to_json() wrote it")),
-                ('note', models.CharField(blank=True, max_length=255)),
-                ('created', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("group", models.CharField(max_length=100)),
+                ("version", models.PositiveIntegerField()),
+                ("strategy", models.CharField(max_length=255)),
+                (
+                    "shards",
+                    models.JSONField(help_text="[{name, primary, replicas}] in layout order"),
+                ),
+                (
+                    "layout",
+                    models.JSONField(
+                        help_text="the strategy's layout, as Layout.to_json() wrote it"
+                    ),
+                ),
+                ("note", models.CharField(blank=True, max_length=255)),
+                ("created", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['group', 'version'],
-                'constraints': [models.UniqueConstraint(fields=('group', 'version'), name='shards_map_group_version')],
+                "ordering": ["group", "version"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("group", "version"), name="shards_map_group_version"
+                    )
+                ],
             },
         ),
     ]

@@ -35,7 +35,6 @@ __all__ = ["RING", "ConsistentHashStrategy", "RingLayout", "ring_point", "shard_
 RING = 2**160
 DEFAULT_VNODES = 256
 MAX_VNODES = 10_000
-HINT = "See docs/settings.md#consistent-hash"
 
 
 def ring_point(key: Any) -> int:
@@ -211,7 +210,8 @@ class ConsistentHashStrategy(Strategy):
         return [
             Error(
                 f"consistent_hash OPTIONS['vnodes'] {problem}.",
-                hint=f"Use a positive int up to {MAX_VNODES}; 256 is the default. {HINT}",
+                hint=f"Use a positive int up to {MAX_VNODES}; 256 is the default. "
+                "See docs/settings.md#consistent_hash",
                 obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
                 id="django_shards.E025",
             )

@@ -33,7 +33,6 @@ __all__ = ["SPACE", "HashLayout", "HashStrategy", "hash_point"]
 
 #: Size of the point space: points are ``0 <= point < SPACE``.
 SPACE = 2**64
-HINT = "See docs/settings.md#hash"
 
 _first_8_bytes = struct.Struct(">Q").unpack_from  # big-endian uint64 at the digest's start
 
@@ -212,10 +211,14 @@ class HashStrategy(Strategy):
     @classmethod
     def check(cls, group: GroupSettings) -> list[CheckMessage]:
         """E024: explicit RANGEs malformed, overlapping, not covering, or only on some shards."""
-        obj = f"DJANGO_SHARDS['GROUPS'][{group.name!r}]"
 
         def error(msg: str, hint: str) -> Error:
-            return Error(msg, hint=f"{hint} {HINT}", obj=obj, id="django_shards.E024")
+            return Error(
+                msg,
+                hint=f"{hint} See docs/settings.md#hash",
+                obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
+                id="django_shards.E024",
+            )
 
         given = [spec for spec in group.shards if spec.range is not None]
         if not given:

@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover - interpreters built without it
 
 __all__ = ["ModuloLayout", "ModuloStrategy", "modulo_point"]
 
-HINT = "See docs/settings.md#modulo"
 SPLIT_REFUSED = (
     "modulo cannot split one shard: it can only double every shard. "
     "Use range, hash or consistent_hash to split a single shard."
@@ -129,7 +128,8 @@ class ModuloStrategy(Strategy):
             checks.Warning(
                 f"Shard group {group.name!r} uses modulo placement: it cannot split one "
                 "shard and can only grow by doubling every shard, moving half of all rows.",
-                hint=f"Prefer consistent_hash (adding a shard moves ~1/(N+1) of keys). {HINT}",
+                hint="Prefer consistent_hash (adding a shard moves ~1/(N+1) of keys). "
+                "See docs/settings.md#modulo",
                 obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
                 id="django_shards.W020",
             )

@@ -223,10 +223,10 @@ def _next_value(value: Any) -> Any:
 
 
 def _error(group: GroupSettings, code: str, msg: str, hint: str) -> Error:
-    """A check error on ``group``; the hint points at the id's entry in docs/checks.md."""
+    """A check error on ``group``; the hint ends with a link to the range settings docs."""
     return Error(
         msg,
-        hint=f"{hint} See docs/checks.md#{code.lower()}",
+        hint=f"{hint} See docs/settings.md#range",
         obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
         id=f"django_shards.{code}",
     )
@@ -367,23 +367,13 @@ class RangeStrategy(Strategy):
         for spec in group.shards:
             rng = spec.range
             if rng is None:
-                errors.append(
-                    Error(
-                        f"Range shard {spec.name!r} has no RANGE.",
-                        hint=f'Give every shard "RANGE": [lo, hi] (None = unbounded). {HINT}',
-                        obj=obj,
-                        id="django_shards.E020",
-                    )
-                )
+                msg = f"Range shard {spec.name!r} has no RANGE."
+                hint = 'Give every shard "RANGE": [lo, hi] (None = unbounded).'
+                errors.append(_error(group, "E020", msg, hint))
             elif not isinstance(rng, (list, tuple)) or len(rng) != 2:
-                errors.append(
-                    Error(
-                        f"RANGE of shard {spec.name!r} must be a [lo, hi] pair, got {rng!r}.",
-                        hint=f"Use two bounds, None for an unbounded end. {HINT}",
-                        obj=obj,
-                        id="django_shards.E020",
-                    )
-                )
+                msg = f"RANGE of shard {spec.name!r} must be a [lo, hi] pair, got {rng!r}."
+                hint = "Use two bounds, None for an unbounded end."
+                errors.append(_error(group, "E020", msg, hint))
             else:
                 bounds.append((rng[0], rng[1], spec.name))
 
@@ -396,75 +386,45 @@ class RangeStrategy(Strategy):
             examples = "; ".join(
                 f"shard {name!r} has {kind} {value!r}" for kind, (name, value) in kinds.items()
             )
-            errors.append(
-                Error(
-                    f"RANGE bounds mix types that cannot be compared: {examples}.",
-                    hint=f"Use one type for every bound of the group. {HINT}",
-                    obj=obj,
-                    id="django_shards.E023",
-                )
-            )
-            return errors
+            msg = f"RANGE bounds mix types that cannot be compared: {examples}."
+            hint = "Use one type for every bound of the group."
+            return [*errors, _error(group, "E023", msg, hint)]
         if kinds:
-            (kind, (name, value)), *_ = kinds.items()
-            problem = None
+            ((kind, (name, value)),) = kinds.items()
             try:
                 encode_bound(value)
                 sorted(v for lo, hi, _ in bounds for v in (lo, hi) if v is not None)
             except TypeError as exc:
-                problem = str(exc)
-            if problem is not None:
-                errors.append(
-                    Error(
-                        f"RANGE bounds of type {kind} (shard {name!r}: {value!r}) "
-                        f"cannot be used: {problem}.",
-                        hint=f"Use ints, strings, dates, datetimes, decimals or UUIDs. {HINT}",
-                        obj=obj,
-                        id="django_shards.E023",
-                    )
-                )
-                return errors
+                example = f"shard {name!r}: {value!r}"
+                msg = f"RANGE bounds of type {kind} ({example}) cannot be used: {exc}."
+                hint = "Use ints, strings, dates, datetimes, decimals or UUIDs."
+                return [*errors, _error(group, "E023", msg, hint)]
 
         for lo, hi, name in bounds:
             if lo is not None and hi is not None and not lo < hi:
-                errors.append(
-                    Error(
-                        f"RANGE of shard {name!r} is empty: lo {lo!r} is not below hi {hi!r}.",
-                        hint=f"A RANGE [lo, hi] owns lo <= key < hi, so lo must be < hi. {HINT}",
-                        obj=obj,
-                        id="django_shards.E020",
-                    )
-                )
-        if errors:
+                msg = f"RANGE of shard {name!r} is empty: lo {lo!r} is not below hi {hi!r}."
+                hint = "A RANGE [lo, hi] owns lo <= key < hi, so lo must be below hi."
+                errors.append(_error(group, "E020", msg, hint))
+        if errors or not bounds:
             return errors
 
-        ordered = sorted(bounds, key=_lo_order)
-        if not ordered:
-            return errors
         # Walk in order of lower bound, remembering the interval reaching furthest so far.
+        ordered = sorted(bounds, key=_lo_order)
         reach_lo, reach, reach_name = ordered[0]
         for lo, hi, name in ordered[1:]:
+            reaching = f"{reach_name!r} {format_interval(reach_lo, reach)}"
             if reach is None or lo is None or lo < reach:
-                errors.append(
-                    Error(
-                        f"The ranges of shards {reach_name!r} {format_interval(reach_lo, reach)}"
-                        f" and {name!r} {format_interval(lo, hi)} overlap.",
-                        hint=f"Every key must belong to exactly one shard. {HINT}",
-                        obj=obj,
-                        id="django_shards.E021",
-                    )
-                )
+                other = f"{name!r} {format_interval(lo, hi)}"
+                msg = f"The ranges of shards {reaching} and {other} overlap."
+                hint = "Every key must belong to exactly one shard."
+                errors.append(_error(group, "E021", msg, hint))
             elif reach < lo:
-                errors.append(
-                    Error(
-                        f"No shard owns {format_interval(reach, lo)}: a gap between shard "
-                        f"{reach_name!r} {format_interval(reach_lo, reach)} and shard "
-                        f"{name!r} {format_interval(lo, hi)}.",
-                        hint=f"Make each RANGE start where the previous one ends. {HINT}",
-                        obj=obj,
-                        id="django_shards.E022",
-                    )
+                msg = (
+                    f"No shard owns {format_interval(reach, lo)}: a gap between shard {reaching}"
+                    f" and shard {name!r} {format_interval(lo, hi)}."
                 )
+                hint = "Make each RANGE start where the previous one ends."
+                errors.append(_error(group, "E022", msg, hint))
             if reach is not None and (hi is None or hi > reach):
                 reach_lo, reach, reach_name = lo, hi, name
         return errors
