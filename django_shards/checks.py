@@ -217,9 +217,14 @@ def _check_groups(groups: Any) -> tuple[list[_ShardEntry], list[CheckMessage]]:
     return entries, messages
 
 
+_GROUP_KEYS = frozenset({"STRATEGY", "OPTIONS", "SHARDS"})
+_SHARD_KEYS = frozenset({"NAME", "PRIMARY", "REPLICAS", "RANGE"})
+
+
 def _check_group(name: Any, group: Any) -> tuple[list[_ShardEntry], list[CheckMessage]]:
     obj = _group_obj(name)
     malformed: list[CheckMessage] = []
+    malformed_warnings: list[CheckMessage] = []
 
     def e002(msg: str, hint: str) -> None:
         malformed.append(_error("E002", msg, hint, obj))
@@ -232,6 +237,17 @@ def _check_group(name: Any, group: Any) -> tuple[list[_ShardEntry], list[CheckMe
             'Write {"STRATEGY": "hash", "SHARDS": [{"NAME": ..., "PRIMARY": ...}]}.',
         )
         return [], malformed
+    unknown = sorted(str(k) for k in group if k not in _GROUP_KEYS)
+    if unknown:
+        malformed_warnings.append(
+            _warning(
+                "W004",
+                f"Group {name!r} has unknown key(s) {', '.join(map(repr, unknown))}; they are "
+                f"ignored (known: {', '.join(sorted(_GROUP_KEYS))}).",
+                "Fix the spelling or remove the key.",
+                obj,
+            )
+        )
     options = group.get("OPTIONS")
     if options is not None and not isinstance(options, Mapping):
         e002(
@@ -250,11 +266,27 @@ def _check_group(name: Any, group: Any) -> tuple[list[_ShardEntry], list[CheckMe
         for index, shard in enumerate(shards):
             entry, problems = _check_shard(name, index, shard)
             malformed += problems
+            extra = (
+                sorted(str(k) for k in shard if k not in _SHARD_KEYS)
+                if isinstance(shard, Mapping)
+                else []
+            )
+            if extra:
+                malformed_warnings.append(
+                    _warning(
+                        "W004",
+                        f"SHARDS[{index}] of group {name!r} has unknown key(s) "
+                        f"{', '.join(map(repr, extra))}; they are ignored (known: "
+                        f"{', '.join(sorted(_SHARD_KEYS))}).",
+                        "Fix the spelling (e.g. REPLICAS, not REPLICA) or remove the key.",
+                        obj,
+                    )
+                )
             if entry is not None:
                 entries.append(entry)
     strategy, strategy_messages = _load_strategy(name, group.get("STRATEGY", "hash"))
     if strategy is None or malformed:
-        return entries, malformed + strategy_messages
+        return entries, malformed + malformed_warnings + strategy_messages
     settings_ = conf.GroupSettings(
         name=name,
         strategy=conf.strategy_path(group.get("STRATEGY", "hash")),
@@ -264,7 +296,7 @@ def _check_group(name: Any, group: Any) -> tuple[list[_ShardEntry], list[CheckMe
             for e in entries
         ),
     )
-    return entries, _strategy_messages(strategy, settings_)
+    return entries, malformed_warnings + _strategy_messages(strategy, settings_)
 
 
 def _check_shard(
@@ -589,7 +621,7 @@ def _engine(database: Any) -> str:
 def check_models(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """E011-E014 for the models of ``app_configs`` (all installed apps when None)."""
+    """E011-E015 for the models of ``app_configs`` (all installed apps when None)."""
     groups = _configured_groups()
     registered = {sk.model: sk for sk in keys.sharded_models()}
     messages: list[CheckMessage] = []
@@ -599,6 +631,7 @@ def check_models(
             messages += _check_shard_key(sk, groups)
         if not model._meta.proxy:
             messages += _check_relations(model)
+            messages += _check_many_to_many(model)
     return messages
 
 
@@ -705,6 +738,35 @@ def _check_relations(model: type[models.Model]) -> list[CheckMessage]:
                 f"{_placement(target, target_group)}; their rows live in different databases, "
                 "so the foreign key constraint cannot hold.",
                 f"Pass db_constraint=False to {model._meta.label}.{field.name}.",
+                field,
+            )
+        )
+    return messages
+
+
+def _check_many_to_many(model: type[models.Model]) -> list[CheckMessage]:
+    """E015: an auto-created many-to-many table touching a sharded model.
+
+    Django creates that table like an unsharded model (on the catalog), while one side of
+    each row lives on a shard: declare the through model and shard it with the group.
+    """
+    messages: list[CheckMessage] = []
+    for field in model._meta.local_many_to_many:
+        through = field.remote_field.through
+        if not isinstance(through, type) or not through._meta.auto_created:
+            continue
+        target = field.related_model
+        groups = {_group_of(model), _group_of(target) if isinstance(target, type) else None}
+        if groups == {None}:
+            continue
+        messages.append(
+            _error(
+                "E015",
+                f"{model._meta.label}.{field.name} is a many-to-many field with an "
+                "auto-created through table, which Django would put on the catalog while the "
+                "related rows live on shards.",
+                "Declare an explicit through model with a ShardedManager in the same group "
+                "(keyed like the rows it links), or use a ForeignKey.",
                 field,
             )
         )

@@ -546,7 +546,7 @@ def test_many_to_many_shard_key_is_reported_as_e012(isolated: Apps) -> None:
         class Meta:
             app_label = "testapp"
 
-    assert ids(model_messages(isolated)) == ["django_shards.E012"]
+    assert ids(model_messages(isolated)) == ["django_shards.E012", "django_shards.E015"]
 
 
 @pytest.mark.parametrize("auto", [models.AutoField, models.BigAutoField, models.SmallAutoField])
@@ -658,5 +658,50 @@ def test_model_checks_with_malformed_settings_report_no_unknown_group(isolated: 
 # -- the whole project -------------------------------------------------------------------
 
 
+@pytest.mark.django_db(databases="__all__")  # Django 6.1 runs database checks too
 def test_manage_py_check_passes_on_the_test_settings() -> None:
     call_command("check", fail_level="ERROR")  # raises SystemCheckError on any error
+
+
+# -- added: unknown keys inside groups and shards, auto-created many-to-many tables ------
+
+
+def test_misspelled_key_inside_a_shard_is_reported_as_w004() -> None:
+    from django.conf import settings
+
+    groups = {
+        "g": {
+            "STRATEGY": "hash",
+            "SHARDS": [{"NAME": "s0", "PRIMARY": "s0", "REPLICA": ["s0_r1"]}],
+            "OPTONS": {},
+        }
+    }
+    with override_settings(DJANGO_SHARDS={**settings.DJANGO_SHARDS, "GROUPS": groups}):
+        messages = [m for m in checks.check_settings() if m.id == "django_shards.W004"]
+    text = " ".join(m.msg for m in messages)
+    assert len(messages) == 2
+    assert "'REPLICA'" in text and "'OPTONS'" in text
+
+
+def test_auto_created_many_to_many_on_a_sharded_model_is_reported_as_e015(
+    isolated: Apps,
+) -> None:
+    from django_shards.manager import ShardedManager
+
+    class Label(models.Model):
+        name = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = "testapp"
+
+    class Doc(models.Model):
+        id = models.BigIntegerField(primary_key=True)
+        labels = models.ManyToManyField(Label)
+        objects = ShardedManager(group="users", key="id")
+
+        class Meta:
+            app_label = "testapp"
+
+    messages = checks._check_many_to_many(Doc)
+    assert [m.id for m in messages] == ["django_shards.E015"]
+    assert "Doc.labels" in messages[0].msg
