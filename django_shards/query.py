@@ -36,7 +36,7 @@ from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequi
 from django_shards.fanout import FanoutResult, collect, get_executor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
-from django_shards.routing import read_alias, require_instance_shard, write_alias
+from django_shards.routing import note_write, read_alias, require_instance_shard, write_alias
 from django_shards.shardmap import ShardMap, get_map
 
 T = TypeVar("T")
@@ -250,14 +250,19 @@ class ShardedQuerySet(models.QuerySet):
         return shards
 
     def _run_fanout(
-        self, shards: list[Shard], task: Any, *, what: str, for_write: bool = False
+        self, shards: list[Shard], task: Any, *, what: str, writes: bool = False
     ) -> list[FanoutResult]:
         """Run ``task(alias)`` on every shard in parallel (primaries for writes)."""
-        for_write = for_write or self._for_write
+        for_write = writes or self._for_write
         targets = [
-            (s, write_alias(s) if for_write else read_alias(s, self._consistency)) for s in shards
+            (s, write_alias(s, pin=False) if for_write else read_alias(s, self._consistency))
+            for s in shards
         ]
         results = get_executor().run(targets, task, timeout=get_config().fanout_timeout_seconds)
+        if writes:
+            for result in results:
+                if result.error is None:
+                    note_write(result.alias, same_session=False)
         good, self.missing_shards = collect(results, allow_partial=self._allow_partial, what=what)
         return good
 
@@ -364,7 +369,12 @@ class ShardedQuerySet(models.QuerySet):
         shard_qs._prefetch_related_lookups = ()
         kind, ordering, names = plan
         targets = [
-            (s, read_alias(s, self._consistency) if not self._for_write else write_alias(s))
+            (
+                s,
+                read_alias(s, self._consistency)
+                if not self._for_write
+                else write_alias(s, pin=False),
+            )
             for s in shards
         ]
 
@@ -413,7 +423,7 @@ class ShardedQuerySet(models.QuerySet):
             return super().db
         shard = self._single_shard()
         if self._for_write:
-            alias = write_alias(shard)
+            alias = write_alias(shard, pin=False)
         else:
             alias = read_alias(shard, self._consistency)
         self._routed_alias = alias
@@ -568,16 +578,35 @@ class ShardedQuerySet(models.QuerySet):
             return super().iterator(chunk_size)
         return self._fanout_iterator(shards, chunk_size or 2000)
 
+    def _after_write(self, alias: str | None) -> None:
+        """Start read-your-writes for a write that ran on ``alias`` (when it is a primary)."""
+        sk = self._shard_key
+        if alias is None or sk is None:
+            return
+        shard = get_map(sk.group).shard_for_alias(alias)
+        if shard is not None and alias == shard.primary:
+            note_write(alias)
+
+    def _write_alias_single(self) -> str | None:
+        """The primary a single-shard write of this queryset goes to (None: no shard)."""
+        if not self._routes_itself:
+            return self._db
+        shards = self._target_shards()
+        return shards[0].primary if len(shards) == 1 else None
+
     def delete(self) -> tuple[int, dict[str, int]]:
         shards = self._fanout_shards()
         if shards is None:
-            return super().delete()
+            alias = self._write_alias_single()
+            deleted = super().delete()
+            self._after_write(alias)
+            return deleted
         base = self._chain()
         results = self._run_fanout(
             shards,
             lambda alias: base.using(alias).delete(),
             what=self._what("delete"),
-            for_write=True,
+            writes=True,
         )
         counts: Counter[str] = Counter()
         for r in results:
@@ -601,13 +630,16 @@ class ShardedQuerySet(models.QuerySet):
         self._check_key_not_updated(kwargs)
         shards = self._fanout_shards()
         if shards is None:
-            return super().update(**kwargs)
+            alias = self._write_alias_single()
+            rows = super().update(**kwargs)
+            self._after_write(alias)
+            return rows
         base = self._chain()
         results = self._run_fanout(
             shards,
             lambda alias: base.using(alias).update(**kwargs),
             what=self._what("update"),
-            for_write=True,
+            writes=True,
         )
         return sum(r.value for r in results)
 
@@ -619,19 +651,21 @@ class ShardedQuerySet(models.QuerySet):
             return super().create(**kwargs)
         obj = self.model(**kwargs)
         self._for_write = True
-        obj.save(force_insert=True, using=write_alias(require_instance_shard(obj)))
+        obj.save(force_insert=True, using=write_alias(require_instance_shard(obj), pin=False))
         return obj
 
     def _by_shard(self, objs: Iterable[models.Model]) -> dict[str, list[models.Model]]:
         grouped: dict[str, list[models.Model]] = {}
         for obj in objs:
-            grouped.setdefault(write_alias(require_instance_shard(obj)), []).append(obj)
+            grouped.setdefault(write_alias(require_instance_shard(obj), pin=False), []).append(obj)
         return grouped
 
     def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
         """Rows are grouped by shard; one batch per shard (not atomic across shards)."""
         if not self._routes_itself:
-            return super().bulk_create(objs, *args, **kwargs)
+            created = super().bulk_create(objs, *args, **kwargs)
+            self._after_write(self._db)
+            return created
         objs = list(objs)
         for alias, rows in self._by_shard(objs).items():
             self.using(alias).bulk_create(rows, *args, **kwargs)
@@ -641,7 +675,9 @@ class ShardedQuerySet(models.QuerySet):
         self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any
     ) -> int:
         if not self._routes_itself:
-            return super().bulk_update(objs, fields, *args, **kwargs)
+            rows = super().bulk_update(objs, fields, *args, **kwargs)
+            self._after_write(self._db)
+            return rows
         self._check_key_not_updated(fields)
         return sum(
             self.using(alias).bulk_update(rows, fields, *args, **kwargs)
@@ -659,7 +695,7 @@ class ShardedQuerySet(models.QuerySet):
             return super().get_or_create(defaults, **kwargs)
         shard = self._single_write_shard(kwargs)
         if shard is not None:
-            return self.using(write_alias(shard)).get_or_create(defaults, **kwargs)
+            return self.using(write_alias(shard, pin=False)).get_or_create(defaults, **kwargs)
         # no key: find it wherever it is, else create where its new key belongs
         try:
             return self.strong().get(**kwargs), False
@@ -681,7 +717,7 @@ class ShardedQuerySet(models.QuerySet):
             return super().update_or_create(defaults, create_defaults, **kwargs)
         shard = self._single_write_shard(kwargs)
         if shard is not None:
-            return self.using(write_alias(shard)).update_or_create(
+            return self.using(write_alias(shard, pin=False)).update_or_create(
                 defaults, create_defaults, **kwargs
             )
         defaults = defaults or {}
@@ -692,7 +728,7 @@ class ShardedQuerySet(models.QuerySet):
                 create_defaults if create_defaults is not None else defaults, **kwargs
             )
             return self.create(**params), True
-        with transaction.atomic(using=write_alias(require_instance_shard(obj))):
+        with transaction.atomic(using=write_alias(require_instance_shard(obj), pin=False)):
             for name, value in (defaults or {}).items():
                 setattr(obj, name, value() if callable(value) else value)
             obj.save()

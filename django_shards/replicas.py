@@ -17,6 +17,7 @@ from collections.abc import Callable
 from django.db import connections
 
 from django_shards.conf import Shard, get_config
+from django_shards.health import monitor
 
 logger = logging.getLogger("django_shards.replicas")
 
@@ -66,9 +67,19 @@ class ReplicaPool:
         return self._latency.get(alias)
 
     def usable(self, alias: str) -> bool:
+        """Not cooling down, passing the extra checks, and (MariaDB/MySQL) healthy: reachable,
+        replicating, within ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second)."""
         if self.is_down(alias):
             return False
-        return all(check(alias) for check in self.usable_checks)
+        if not all(check(alias) for check in self.usable_checks):
+            return False
+        if connections[alias].vendor != "mysql":
+            return True
+        health = monitor.get(alias, "replica")
+        if not health.reachable:
+            self.mark_down(alias, health.error)
+            return False
+        return health.healthy
 
     def ordered(self, shard: Shard) -> list[str]:
         """The shard's usable replicas, best first under ``REPLICA_SELECTION``."""
@@ -89,12 +100,14 @@ class ReplicaPool:
             candidates = candidates[start:] + candidates[:start]
         return candidates
 
-    def choose(self, shard: Shard) -> str | None:
-        """A usable, connected replica of ``shard``, or None (then the primary serves).
-
-        A replica that cannot connect is marked down here, so the caller never sees it.
+    def choose(self, shard: Shard, accept: Callable[[str], bool] | None = None) -> str | None:
+        """A usable, connected replica of ``shard`` (that ``accept`` accepts), or None: then
+        the primary serves. A replica that cannot connect is marked down here, so the caller
+        never sees it.
         """
         for alias in self.ordered(shard):
+            if accept is not None and not accept(alias):
+                continue
             conn = connections[alias]
             if conn.connection is None:
                 try:
@@ -110,6 +123,7 @@ class ReplicaPool:
             self._down_until.clear()
             self._latency.clear()
             self._turns.clear()
+        monitor.forget()
 
 
 pool = ReplicaPool()

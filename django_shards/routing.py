@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 
 from django_shards import context
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import ShardingError, ShardKeyRequired
+from django_shards.health import monitor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
 from django_shards.shardmap import ShardMap, get_map
@@ -57,13 +58,46 @@ def require_instance_shard(instance: models.Model) -> Shard:
 def write_alias(shard: Shard, *, pin: bool = True) -> str:
     """The alias a write to ``shard`` uses (its primary).
 
-    With ``pin``, starts the read-your-writes window for the shard. Saves and deletes of
-    instances pin through signals instead (see :func:`pin_after_save`), since Django also
-    asks the router for a write alias when it merely relates two objects.
+    With ``pin``, starts the read-your-writes window for the shard before the write;
+    :func:`note_write` completes it after the write. Saves and deletes of instances pin
+    through signals (see :func:`pin_after_save`), since Django also asks the router for a
+    write alias when it merely relates two objects.
     """
     if pin:
         context.pin(shard.primary, get_config().pin_after_write_seconds)
     return shard.primary
+
+
+def note_write(alias: str, *, same_session: bool = True) -> None:
+    """A write ran on primary ``alias``: pin it for read-your-writes.
+
+    With ``READ_YOUR_WRITES = "gtid"`` on MariaDB the pin also remembers the write's GTID
+    once it commits (``@@last_gtid`` of this session, or the primary's binlog position when
+    the write ran on another session), so replicas that applied it may serve the reads.
+    """
+    config = get_config()
+    context.pin(alias, config.pin_after_write_seconds)
+    if config.read_your_writes != "gtid" or config.pin_after_write_seconds <= 0:
+        return
+    conn = connections[alias]
+    if conn.vendor != "mysql":
+        return
+
+    def remember_gtid() -> None:
+        query = "SELECT @@last_gtid" if same_session else "SELECT @@gtid_binlog_pos"
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(query)
+                gtid = cursor.fetchone()[0]
+                if not gtid and same_session:
+                    cursor.execute("SELECT @@gtid_binlog_pos")
+                    gtid = cursor.fetchone()[0]
+        except Exception:  # noqa: BLE001 - without a GTID the pin stays time-based
+            return
+        if gtid:
+            context.pin(alias, config.pin_after_write_seconds, gtid)
+
+    transaction.on_commit(remember_gtid, using=alias)
 
 
 def pin_after_save(
@@ -74,8 +108,8 @@ def pin_after_save(
     if sk is None:
         return
     shard = get_map(sk.group).shard_for_alias(using)
-    if shard is not None:
-        context.pin(shard.primary, get_config().pin_after_write_seconds)
+    if shard is not None and using == shard.primary:
+        note_write(using)
 
 
 def read_alias(shard: Shard, consistency: str | None = None) -> str:
@@ -93,10 +127,17 @@ def read_alias(shard: Shard, consistency: str | None = None) -> str:
         level = context.current_consistency() or get_config().read_consistency
         if level == "strong":
             return shard.primary
-        if context.pinned(shard.primary) is not None:
-            return shard.primary
         if connections[shard.primary].in_atomic_block:
             return shard.primary
+        pin = context.pinned(shard.primary)
+        if pin is not None:
+            gtid = pin[1]
+            if gtid is None or get_config().read_your_writes != "gtid":
+                return shard.primary
+            # exact read-your-writes: any replica that has applied the write will do
+            return pool.choose(shard, accept=lambda r: monitor.has_applied(r, gtid)) or (
+                shard.primary
+            )
     elif consistency == "strong":
         return shard.primary
     return pool.choose(shard) or shard.primary

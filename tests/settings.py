@@ -56,9 +56,14 @@ TEMPLATES = [
 DATABASE_ROUTERS = ["django_shards.router.ShardRouter"]
 
 if SHARDS_DB == "mariadb":
+    # SHARDS_TEST_SUFFIX keeps concurrent runs on one topology apart (test_shard0_<suffix>)
+    _suffix = env.str("SHARDS_TEST_SUFFIX", default="")
+
     def _mysql(var):
         cfg = env.db(var)
         cfg.setdefault("OPTIONS", {}).update({"charset": "utf8mb4", "connect_timeout": 2})
+        if _suffix:
+            cfg["TEST"] = {"NAME": f"test_{cfg['NAME']}_{_suffix}"}
         return cfg
 
     DATABASES = {"default": _mysql("DATABASE_URL")}

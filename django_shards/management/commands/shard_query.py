@@ -1,0 +1,436 @@
+"""``manage.py shard_query MODEL ...``: a fan-out query from the shell.
+
+ORM mode builds a queryset from ``--filter``/``--exclude``/``--order-by``/``--limit``/
+``--values`` and lets the sharded queryset fan out and merge; values are passed to the ORM
+as data. ``--sql`` runs one read-only ``SELECT`` on every shard of the model's group and
+prints the rows of all shards with a leading ``shard`` column.
+
+``--sql`` is guarded twice. First the text must be a single plain ``SELECT`` (parsed with
+sqlparse; writes, locks, ``INTO``, several statements and the constructs on which MySQL and
+sqlparse could disagree are refused before any database is touched). Then it runs where a
+read of the shard runs (a replica, ``read_only`` on MariaDB, unless the read is strong),
+with MySQL's multi-statement support switched off, in a read-only transaction (MySQL) or
+``PRAGMA query_only`` (SQLite) that is always rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import sqlparse
+from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
+from django.core.management.base import CommandParser
+from django.db import DatabaseError, connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from sqlparse import tokens as T
+
+from django_shards.conf import get_config
+from django_shards.exceptions import FanoutError, ShardingError, UnknownShard
+from django_shards.fanout import get_executor
+from django_shards.keys import key_for_model
+from django_shards.management.commands._base import (
+    EXIT_UNHEALTHY,
+    ShardsCommand,
+    model_from_label,
+)
+from django_shards.routing import read_alias
+from django_shards.shardmap import get_map
+
+#: errors that mean "this filter, field or value does not fit the model"
+BAD_INPUT_ERRORS = (FieldError, FieldDoesNotExist, ValidationError, ValueError, TypeError)
+_FIELD_PATH = re.compile(r"[A-Za-z_]\w*", re.ASCII)
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+# -- the SQL guard -------------------------------------------------------------------------
+
+#: words that make a SELECT write or lock: SELECT ... INTO OUTFILE/DUMPFILE/@var,
+#: LOCK IN SHARE MODE, PROCEDURE ANALYSE()
+_REFUSED_WORDS = frozenset({"INTO", "OUTFILE", "DUMPFILE", "LOCK", "PROCEDURE"})
+#: functions with side effects outside the query's result
+_REFUSED_FUNCTIONS = frozenset(
+    {
+        "GET_LOCK",
+        "RELEASE_LOCK",
+        "RELEASE_ALL_LOCKS",
+        "NEXTVAL",
+        "SETVAL",
+        "LOAD_FILE",
+        "LOAD_EXTENSION",
+    }
+)
+#: after "--", MySQL needs whitespace to read a comment (``--1`` is minus minus one)
+_COMMENT_SPACE = frozenset(" \t\r\n")
+MYSQL_OPTION_MULTI_STATEMENTS_ON = 0
+MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
+
+
+class UnsafeSQL(ValueError):
+    """``--sql`` text that is not a single plain, read-only ``SELECT``."""
+
+
+def _significant(statement: Any) -> list[Any]:
+    """The statement's tokens without whitespace, comments and semicolons."""
+    return [
+        t
+        for t in statement.flatten()
+        if not t.is_whitespace
+        and t.ttype not in T.Comment
+        and not (t.ttype is T.Punctuation and t.value == ";")
+    ]
+
+
+def read_only_select(sql: str) -> str:
+    """The one ``SELECT`` statement in ``sql``, ready to run (no trailing ``;``).
+
+    Raises :class:`UnsafeSQL` saying why the text is refused. Besides anything that is
+    not a ``SELECT``, this refuses what the two SQL readers (sqlparse here, the database
+    there) could split differently: backslashes, ``#``, ``--`` without a following space,
+    ``/*! ... */``, dollar quotes and ``[bracketed]`` names.
+    """
+    if "\\" in sql:
+        raise UnsafeSQL(
+            "backslashes are not accepted, because MySQL and SQLite read them differently "
+            "in string literals; write a quote inside a string as ''"
+        )
+    statements = [s for s in sqlparse.parse(sql) if _significant(s)]
+    if not statements:
+        raise UnsafeSQL("there is no statement to run")
+    if len(statements) > 1:
+        raise UnsafeSQL(f"it holds {len(statements)} statements; give exactly one SELECT")
+    statement = statements[0]
+    kind = statement.get_type()
+    if kind != "SELECT":
+        what = "not a SELECT" if kind == "UNKNOWN" else f"a {kind} statement"
+        raise UnsafeSQL(f"it is {what}; only a single SELECT is run")
+    tokens = [t for t in statement.flatten() if not t.is_whitespace]
+    for i, token in enumerate(tokens):
+        _check_token(token, tokens[i + 1] if i + 1 < len(tokens) else None)
+    kept = list(statement.flatten())
+    while kept and (kept[-1].is_whitespace or kept[-1].ttype in T.Comment or kept[-1].value == ";"):
+        kept.pop()
+    return "".join(t.value for t in kept).strip()
+
+
+def _check_token(token: Any, following: Any) -> None:
+    value: str = token.value
+    upper = value.upper()
+    if token.ttype in T.Comment:
+        if value.startswith(("/*!", "/*M!")):
+            raise UnsafeSQL("MySQL runs the text of /*! ... */ comments; remove the comment")
+        if value.startswith("#"):
+            raise UnsafeSQL("# comments are not accepted; use -- followed by a space")
+        if value.startswith("--") and (len(value) < 3 or value[2] not in _COMMENT_SPACE):
+            raise UnsafeSQL("-- starts a comment only when a space follows it")
+        return
+    if token.ttype in T.String:
+        return
+    if token.ttype in T.Keyword.DML and upper != "SELECT":
+        raise UnsafeSQL(f"it contains {upper}; only reading is allowed")
+    if token.ttype in T.Keyword.DDL:
+        raise UnsafeSQL(f"it contains {upper}; only reading is allowed")
+    if upper in _REFUSED_WORDS:
+        raise UnsafeSQL(f"it contains {upper}, which writes or locks; only reading is allowed")
+    next_word = following.value.upper() if following is not None else ""
+    if upper == "FOR" and next_word in {"UPDATE", "SHARE"}:
+        raise UnsafeSQL(f"FOR {next_word} takes row locks; only reading is allowed")
+    if upper == "NEXT" and next_word == "VALUE":
+        raise UnsafeSQL("NEXT VALUE FOR advances a sequence; only reading is allowed")
+    if upper in _REFUSED_FUNCTIONS and next_word == "(":
+        raise UnsafeSQL(f"{upper}() has side effects; only reading is allowed")
+    if "#" in value and not value.startswith(("`", '"')):
+        raise UnsafeSQL("# is not accepted outside a string (MySQL reads it as a comment)")
+    if token.ttype is T.Literal and value.startswith("$"):
+        raise UnsafeSQL("dollar-quoted strings are not accepted; use '...'")
+    if value.startswith(("[", "´")):
+        raise UnsafeSQL('[bracketed] names are not accepted; quote names with " or `')
+
+
+@contextlib.contextmanager
+def _one_statement_only(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """MySQL: the server refuses a second statement while the block runs.
+
+    mysqlclient turns multi-statements on by default; SQLite's driver never runs more
+    than one statement per call.
+    """
+    raw = connection.connection
+    if connection.vendor != "mysql" or not hasattr(raw, "set_server_option"):
+        yield
+        return
+    raw.set_server_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF)
+    try:
+        yield
+    finally:
+        if connection.settings_dict.get("OPTIONS", {}).get("multi_statements", True):
+            # a connection too broken to take the option back is dropped by Django anyway
+            with contextlib.suppress(Exception):
+                raw.set_server_option(MYSQL_OPTION_MULTI_STATEMENTS_ON)
+
+
+@contextlib.contextmanager
+def _read_only(connection: BaseDatabaseWrapper, *, outermost: bool) -> Iterator[None]:
+    """Inside ``transaction.atomic``: refuse writes where the backend can.
+
+    MySQL/MariaDB: ``SET TRANSACTION READ ONLY`` when this block opened the transaction
+    (it cannot change a transaction that is already running). SQLite: ``PRAGMA
+    query_only`` for the block, restored after.
+    """
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA query_only")
+            (before,) = cursor.fetchone()
+            cursor.execute("PRAGMA query_only = ON")
+            try:
+                yield
+            finally:
+                cursor.execute(f"PRAGMA query_only = {'ON' if before else 'OFF'}")
+            return
+        if connection.vendor == "mysql" and outermost:
+            cursor.execute("SET TRANSACTION READ ONLY")
+    yield
+
+
+def run_read_only(alias: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run ``sql`` on ``alias`` and return ``(columns, rows)``; nothing it does is kept.
+
+    The statement runs in a transaction (a savepoint inside a caller's transaction) that
+    is rolled back, read-only where the backend allows it. Call it only with the output
+    of :func:`read_only_select`: this is the second guard, not the first.
+    """
+    connection = connections[alias]
+    connection.ensure_connection()  # a replica that cannot connect: the executor asks the primary
+    outermost = not connection.in_atomic_block and connection.get_autocommit()
+    try:
+        with transaction.atomic(using=alias), _one_statement_only(connection):
+            with _read_only(connection, outermost=outermost), connection.cursor() as cursor:
+                cursor.execute(sql)
+                description = cursor.description  # None: the statement returned no rows
+                columns = [c[0] for c in description or ()]
+                rows = [tuple(row) for row in cursor.fetchall()] if description else []
+            transaction.set_rollback(True, using=alias)
+    except DatabaseError as exc:
+        # Not a DatabaseError any more: the executor must not take an error in the SQL
+        # for a broken replica and run it again on the primary.
+        raise SQLFailed(str(exc)) from exc
+    return columns, rows
+
+
+class SQLFailed(Exception):
+    """The database refused or failed the ``--sql`` statement."""
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+class Command(ShardsCommand):
+    help = (
+        "Query a model across its shards: ORM filters merged like one database, or a "
+        "read-only SELECT (--sql) on every shard of the model's group."
+    )
+    dash_value_options = ("--order-by",)
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("model", metavar="MODEL", help="app_label.ModelName")
+        parser.add_argument(
+            "--filter",
+            action="append",
+            default=[],
+            metavar="F=V",
+            help="field__lookup=value, repeatable; __in and __range split on commas, "
+            "__isnull takes true or false.",
+        )
+        parser.add_argument(
+            "--exclude", action="append", default=[], metavar="F=V", help="Like --filter."
+        )
+        parser.add_argument(
+            "--order-by",
+            action="append",
+            default=[],
+            metavar="F",
+            help="Field to order by, repeatable; -field for descending.",
+        )
+        parser.add_argument("--limit", metavar="N", help="At most N rows.")
+        parser.add_argument("--count", action="store_true", help="Print the number of rows.")
+        parser.add_argument(
+            "--values", nargs="+", metavar="F", help="Fields to print (default: all)."
+        )
+        parser.add_argument(
+            "--sql",
+            metavar='"SELECT ..."',
+            help="One read-only SELECT, run on every shard of the model's group.",
+        )
+        self.add_format_argument(parser)
+        parser.add_argument("--shard", metavar="NAME", help="Query only this shard.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        model = model_from_label(options["model"])
+        if options["sql"] is not None:
+            combined = [
+                f"--{name.replace('_', '-')}"
+                for name in ("filter", "exclude", "order_by", "values", "limit", "count")
+                if options[name] not in (None, False, [])
+            ]
+            if combined:
+                self.fail(
+                    f"--sql cannot be combined with {', '.join(combined)}; "
+                    "write the condition, order or limit into the SELECT itself."
+                )
+            self.run_sql(model, options["sql"], options["shard"], options["format"])
+        else:
+            self.run_orm(model, options)
+
+    # -- ORM mode ------------------------------------------------------------------------
+
+    def run_orm(self, model: type[models.Model], options: dict[str, Any]) -> None:
+        label = model._meta.label
+        sk = key_for_model(model)
+        if sk is None:
+            if options["shard"]:
+                self.fail(f"--shard needs a sharded model; {label} is not sharded.")
+            qs = model._default_manager.all()
+        else:
+            qs = getattr(model, sk.manager_name).all().fanout()  # the command asks to fan out
+            if options["shard"]:
+                try:
+                    qs = qs.on_shard(options["shard"])
+                except UnknownShard as exc:
+                    self.fail(str(exc))
+        for option in ("filter", "exclude"):
+            for item in options[option]:
+                lookup = dict([self.parse_lookup(option, item)])
+                try:
+                    qs = qs.filter(**lookup) if option == "filter" else qs.exclude(**lookup)
+                except BAD_INPUT_ERRORS as exc:
+                    self.fail(f"--{option} {item!r} does not fit {label}: {_reason(exc)}")
+        for name in options["order_by"]:
+            if name != "?" and not _FIELD_PATH.fullmatch(name.removeprefix("-")):
+                self.fail(f"--order-by {name!r} is not a field name (write field or -field).")
+            try:
+                qs.order_by(name)  # checks the name now, so the message can quote it
+            except BAD_INPUT_ERRORS as exc:
+                self.fail(f"--order-by {name!r} does not fit {label}: {_reason(exc)}")
+        if options["order_by"]:
+            qs = qs.order_by(*options["order_by"])
+        fields = options["values"] or []
+        for name in fields:
+            if not _FIELD_PATH.fullmatch(name):
+                self.fail(f"--values {name!r} is not a field name.")
+        try:
+            qs = qs.values(*fields)
+        except BAD_INPUT_ERRORS as exc:
+            self.fail(f"--values {' '.join(fields)} does not fit {label}: {_reason(exc)}")
+        if options["limit"] is not None:
+            qs = qs[: self.parse_limit(options["limit"])]
+
+        if options["count"]:
+            count = self.evaluate(label, qs.count)
+            if options["format"] == "json":
+                self.write_json({"count": count})
+            elif options["format"] == "csv":
+                self.stdout.write(f"count\n{count}")
+            else:
+                self.stdout.write(str(count))
+            return
+        rows = self.evaluate(label, lambda: list(qs))
+        columns = list(fields) or (
+            list(rows[0]) if rows else [f.attname for f in model._meta.concrete_fields]
+        )
+        table = [tuple(row[c] for c in columns) for row in rows]
+        self.write_rows(columns, table, options["format"])
+
+    def parse_lookup(self, option: str, item: str) -> tuple[str, Any]:
+        """``"score__in=1,2"`` -> ``("score__in", ["1", "2"])``: the value stays data."""
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            self.fail(f"--{option} {item!r} is not field__lookup=value (the = is missing).")
+        if not _FIELD_PATH.fullmatch(key):
+            self.fail(f"--{option} {item!r}: {key!r} is not a field__lookup name.")
+        lookup = key.rpartition("__")[2] if "__" in key else "exact"
+        if lookup == "in":
+            return key, raw.split(",")
+        if lookup == "range":
+            bounds = raw.split(",")
+            if len(bounds) != 2:
+                self.fail(f"--{option} {item!r}: __range takes two values, low,high.")
+            return key, bounds
+        if lookup == "isnull":
+            if raw.lower() not in _TRUE | _FALSE:
+                self.fail(f"--{option} {item!r}: __isnull takes true or false, not {raw!r}.")
+            return key, raw.lower() in _TRUE
+        return key, raw
+
+    def parse_limit(self, value: Any) -> int:
+        try:
+            limit = int(str(value).strip())
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            self.fail(f"--limit takes a positive whole number of rows, not {value!r}.")
+        return limit
+
+    def evaluate(self, label: str, run: Any) -> Any:
+        """``run()``, with database and shard failures turned into a CommandError (exit 1)."""
+        try:
+            return run()
+        except FanoutError as exc:
+            self.fail(str(exc), returncode=EXIT_UNHEALTHY)
+        except DatabaseError as exc:
+            self.fail(f"The {label} query failed: {exc}", returncode=EXIT_UNHEALTHY)
+        except BAD_INPUT_ERRORS as exc:
+            self.fail(f"The {label} query was refused: {_reason(exc)}")
+        except ShardingError as exc:
+            self.fail(str(exc))
+
+    # -- SQL mode ------------------------------------------------------------------------
+
+    def run_sql(
+        self, model: type[models.Model], sql: str, shard_name: str | None, fmt: str
+    ) -> None:
+        label = model._meta.label
+        sk = key_for_model(model)
+        if sk is None:
+            self.fail(
+                f"--sql runs on the shards of a sharded model's group, and {label} is not "
+                "sharded; name a sharded model of the group to query."
+            )
+        try:
+            statement = read_only_select(sql)
+        except UnsafeSQL as exc:
+            self.fail(f"--sql was refused and nothing was run: {exc}.")
+        shard_map = get_map(sk.group)
+        if shard_name:
+            try:
+                shards = [shard_map.shard_named(shard_name)]
+            except UnknownShard as exc:
+                self.fail(str(exc))
+        else:
+            shards = shard_map.owning_shards
+        results = get_executor().run(
+            [(shard, read_alias(shard)) for shard in shards],
+            lambda alias: run_read_only(alias, statement),
+            timeout=get_config().fanout_timeout_seconds,
+        )
+        for result in results:
+            if result.error is not None:
+                self.fail(
+                    f"--sql failed on shard {result.shard.name!r} ({result.alias}): {result.error}",
+                    returncode=EXIT_UNHEALTHY,
+                )
+        columns = results[0].value[0] if results else []
+        for result in results[1:]:
+            if result.value[0] != columns:
+                self.fail(
+                    f"Shards {results[0].shard.name!r} and {result.shard.name!r} answered "
+                    f"with different columns ({columns} and {result.value[0]}).",
+                    returncode=EXIT_UNHEALTHY,
+                )
+        rows = [(r.shard.name, *row) for r in results for row in r.value[1]]
+        self.write_rows(["shard", *columns], rows, fmt)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc)
