@@ -25,3 +25,55 @@ class ShardMapVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group} v{self.version}"
+
+
+class SplitJob(models.Model):
+    """One shard split, from plan to clean-up. Every phase is recorded here so a split
+    can resume after a crash (``shard_split --resume``) or be aborted before cutover."""
+
+    class Phase(models.TextChoices):
+        PLANNED = "planned"
+        PREPARED = "prepared"  # target registered as pending, tables created
+        FROZEN = "frozen"  # moving keys frozen: writes to them raise ShardMoving
+        COPIED = "copied"
+        VERIFIED = "verified"
+        CUT_OVER = "cut_over"  # new map version written, freeze lifted
+        CLEANED = "cleaned"  # moved rows deleted from the source
+        DONE = "done"
+        ABORTED = "aborted"
+
+    ACTIVE_PHASES = (
+        Phase.PLANNED,
+        Phase.PREPARED,
+        Phase.FROZEN,
+        Phase.COPIED,
+        Phase.VERIFIED,
+        Phase.CUT_OVER,
+        Phase.CLEANED,
+    )
+
+    group = models.CharField(max_length=100)
+    source = models.CharField(max_length=100)
+    target = models.CharField(max_length=100)
+    target_primary = models.CharField(max_length=100)
+    target_replicas = models.JSONField(default=list)
+    at = models.JSONField(null=True, blank=True, help_text="range split key, tagged")
+    base_version = models.PositiveIntegerField(help_text="map version the plan starts from")
+    new_shards = models.JSONField(help_text="[{name, primary, replicas}] after the split")
+    new_layout = models.JSONField(help_text="the strategy's layout after the split")
+    phase = models.CharField(max_length=20, choices=Phase.choices, default=Phase.PLANNED)
+    frozen = models.BooleanField(default=False, help_text="writes to moving keys refused")
+    progress = models.JSONField(default=dict, help_text="per model: copied rows, last pk, ...")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"split {self.group}/{self.source} -> {self.target} ({self.phase})"
+
+    @property
+    def active(self) -> bool:
+        return self.phase in self.ACTIVE_PHASES

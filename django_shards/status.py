@@ -1,0 +1,260 @@
+"""The state of the cluster, gathered once for ``shard_status`` and the status page.
+
+Per group: strategy, map version, each shard's aliases, what it owns (key ranges or ring
+share), the health of every alias, rows per model (estimates from the database's
+statistics by default, exact counts on request), balance (max/mean rows), hot shards with
+a suggested split, and splits in progress. Never includes credentials.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.db import DatabaseError, connections, models
+
+from django_shards.conf import get_config
+from django_shards.health import AliasHealth, monitor
+from django_shards.keys import ShardKey, sharded_models
+from django_shards.shardmap import ShardMap, get_map
+
+#: a shard holding more than this many times the mean rows of its group is "hot"
+HOT_FACTOR = 1.5
+#: ... and holds at least this many rows (below it, imbalance is noise)
+HOT_MIN_ROWS = 1000
+
+
+@dataclass
+class ShardStatus:
+    name: str
+    primary: str
+    replicas: list[str]
+    owns: str
+    share: float | None
+    pending: bool  # known to the map but owning nothing yet (a split target)
+    health: list[AliasHealth]
+    rows: dict[str, int | None]  # model label -> rows (None: could not be read)
+    rows_exact: bool
+    hot: bool = False
+    suggestion: str | None = None  # a shard_split command line for a hot shard
+
+    @property
+    def total_rows(self) -> int | None:
+        if any(v is None for v in self.rows.values()):
+            return None
+        return sum(v for v in self.rows.values() if v is not None)
+
+    @property
+    def healthy(self) -> bool:
+        return all(h.healthy for h in self.health)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["health"] = [h.as_dict() for h in self.health]
+        data["total_rows"] = self.total_rows
+        data["healthy"] = self.healthy
+        return data
+
+
+@dataclass
+class GroupStatus:
+    name: str
+    strategy: str
+    version: int
+    models: list[str]
+    shards: list[ShardStatus]
+    splits: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def balance(self) -> float | None:
+        """max/mean of rows over the shards that own keys (1.0 is perfect)."""
+        totals = [s.total_rows for s in self.shards if not s.pending]
+        if not totals or any(t is None for t in totals):
+            return None
+        mean = statistics.fmean(totals)  # type: ignore[arg-type]
+        return None if mean == 0 else max(totals) / mean  # type: ignore[type-var]
+
+    @property
+    def healthy(self) -> bool:
+        return all(s.healthy for s in self.shards) and not any(j["error"] for j in self.splits)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "strategy": self.strategy,
+            "version": self.version,
+            "models": self.models,
+            "balance": self.balance,
+            "healthy": self.healthy,
+            "shards": [s.as_dict() for s in self.shards],
+            "splits": self.splits,
+        }
+
+
+@dataclass
+class ClusterStatus:
+    catalog: str
+    groups: list[GroupStatus]
+
+    @property
+    def healthy(self) -> bool:
+        return all(g.healthy for g in self.groups)
+
+    @property
+    def problems(self) -> list[str]:
+        """One sentence per unhealthy alias, failed split, or hot shard."""
+        out = []
+        for group in self.groups:
+            for shard in group.shards:
+                for h in shard.health:
+                    if h.problem:
+                        out.append(f"{group.name}/{shard.name}: {h.alias} {h.problem}")
+                if shard.hot:
+                    out.append(
+                        f"{group.name}/{shard.name}: hot shard ({shard.total_rows} rows, "
+                        f"over {HOT_FACTOR:g}x the mean); suggested: {shard.suggestion}"
+                    )
+            for job in group.splits:
+                if job["error"]:
+                    out.append(
+                        f"{group.name}: split {job['source']} -> {job['target']}: {job['error']}"
+                    )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "catalog": self.catalog,
+            "healthy": self.healthy,
+            "problems": self.problems,
+            "groups": [g.as_dict() for g in self.groups],
+        }
+
+
+def _estimated_rows(alias: str, model: type[models.Model]) -> tuple[int | None, bool]:
+    """(rows, exact): the database's statistics on MySQL/MariaDB, a count elsewhere."""
+    conn = connections[alias]
+    table = model._meta.db_table
+    try:
+        with conn.cursor() as cursor:
+            if conn.vendor == "mysql":
+                cursor.execute(
+                    "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                    [table],
+                )
+                row = cursor.fetchone()
+                return (None if row is None or row[0] is None else int(row[0])), False
+            cursor.execute(f"SELECT COUNT(*) FROM {conn.ops.quote_name(table)}")
+            return int(cursor.fetchone()[0]), True
+    except DatabaseError:
+        return None, False
+
+
+def _exact_rows(alias: str, model: type[models.Model]) -> int | None:
+    try:
+        return model._base_manager.using(alias).count()
+    except DatabaseError:
+        return None
+
+
+def median_key(shard_map: ShardMap, shard_name: str, sk: ShardKey) -> Any:
+    """The median shard key stored on a shard (the default split point of a range split)."""
+    alias = shard_map.shard_named(shard_name).primary
+    qs = sk.model._base_manager.using(alias).order_by(sk.attname).values_list(sk.attname, flat=True)
+    count = qs.count()
+    if count == 0:
+        return None
+    return qs[count // 2]
+
+
+def _suggestion(group: str, shard_map: ShardMap, shard: str, keys: list[ShardKey]) -> str:
+    base = f"manage.py shard_split {group} {shard} --to NEW --primary ALIAS"
+    if shard_map.strategy.name != "range" or not keys:
+        return base
+    try:
+        at = median_key(shard_map, shard, keys[0])
+    except DatabaseError:
+        return base
+    return base if at is None else f"{base} --at {at}"
+
+
+def collect_status(groups: list[str] | None = None, *, exact_counts: bool = False) -> ClusterStatus:
+    """Probe every alias of the named groups (all when None) and count their rows."""
+    config = get_config()
+    from django_shards.models import SplitJob
+
+    names = list(config.groups) if not groups else groups
+    by_group: dict[str, list[ShardKey]] = {}
+    for sk in sharded_models():
+        if sk.model._meta.proxy:
+            continue
+        by_group.setdefault(sk.group, []).append(sk)
+    out = []
+    for name in names:
+        shard_map = get_map(name)
+        keys = sorted(by_group.get(name, []), key=lambda k: k.model._meta.label)
+        owners = set(shard_map.layout.shard_names())
+        describe = shard_map.strategy.describe(shard_map.layout)
+        share = shard_map.strategy.share(shard_map.layout)
+        shards = []
+        for shard in shard_map.shards.values():
+            health = [monitor.get(shard.primary, "primary", max_age=0)]
+            health += [monitor.get(r, "replica", max_age=0) for r in shard.replicas]
+            rows: dict[str, int | None] = {}
+            exact = True
+            for sk in keys:
+                if exact_counts:
+                    rows[sk.model._meta.label] = _exact_rows(shard.primary, sk.model)
+                else:
+                    value, is_exact = _estimated_rows(shard.primary, sk.model)
+                    rows[sk.model._meta.label] = value
+                    exact = exact and is_exact
+            shards.append(
+                ShardStatus(
+                    name=shard.name,
+                    primary=shard.primary,
+                    replicas=list(shard.replicas),
+                    owns=describe.get(shard.name, "nothing yet"),
+                    share=share.get(shard.name),
+                    pending=shard.name not in owners,
+                    health=health,
+                    rows=rows,
+                    rows_exact=exact,
+                )
+            )
+        totals = [s.total_rows for s in shards if not s.pending and s.total_rows is not None]
+        mean = statistics.fmean(totals) if totals else 0
+        for s in shards:
+            rows = s.total_rows or 0
+            if not s.pending and mean and rows >= HOT_MIN_ROWS and rows > HOT_FACTOR * mean:
+                s.hot = True
+                s.suggestion = _suggestion(name, shard_map, s.name, keys)
+        try:
+            jobs = [
+                {
+                    "id": j.pk,
+                    "source": j.source,
+                    "target": j.target,
+                    "phase": j.phase,
+                    "frozen": j.frozen,
+                    "error": j.error,
+                    "updated": j.updated.isoformat(),
+                }
+                for j in SplitJob.objects.using(config.catalog).filter(
+                    group=name, phase__in=SplitJob.ACTIVE_PHASES
+                )
+            ]
+        except DatabaseError:
+            jobs = []
+        out.append(
+            GroupStatus(
+                name=name,
+                strategy=shard_map.strategy.name,
+                version=shard_map.version,
+                models=[k.model._meta.label for k in keys],
+                shards=shards,
+                splits=jobs,
+            )
+        )
+    return ClusterStatus(catalog=config.catalog, groups=out)
