@@ -32,11 +32,11 @@ from django.db.models.sql.where import AND, NothingNode, WhereNode
 from django_shards import merge
 from django_shards.conf import Shard, get_config
 from django_shards.context import validate_level
-from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequired
+from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequired, ShardMoving
 from django_shards.fanout import FanoutResult, collect, get_executor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
-from django_shards.routing import note_write, read_alias, require_instance_shard, write_alias
+from django_shards.routing import note_write, read_alias, write_alias, write_shard
 from django_shards.shardmap import ShardMap, get_map
 
 T = TypeVar("T")
@@ -125,6 +125,29 @@ def shards_from_where(
     if isinstance(node, lookups.Lookup):
         return _shards_from_lookup(node, base_alias, sk, shard_map)
     return None
+
+
+def keys_from_where(node: Any, base_alias: str | None, sk: ShardKey) -> set[Any] | None:
+    """The key values an AND-ed WHERE tree names with ``=``/``IN``, or None if it names none."""
+    if isinstance(node, WhereNode):
+        if node.negated or node.connector != AND:
+            return None
+        found = [keys_from_where(c, base_alias, sk) for c in node.children]
+        known = [k for k in found if k is not None]
+        return set.intersection(*known) if known else None
+    if not isinstance(node, lookups.Exact | lookups.In):
+        return None
+    lhs = node.lhs
+    if not (
+        isinstance(lhs, Col)
+        and lhs.alias == base_alias
+        and getattr(lhs.target, "column", None) == sk.field.column
+    ):
+        return None
+    values = [node.rhs] if isinstance(node, lookups.Exact) else node.rhs
+    if _is_expression(values) or any(_is_expression(v) for v in values):
+        return None
+    return {sk.normalize(v) for v in values if v is not None}
 
 
 class ShardedQuerySet(models.QuerySet):
@@ -578,6 +601,25 @@ class ShardedQuerySet(models.QuerySet):
             return super().iterator(chunk_size)
         return self._fanout_iterator(shards, chunk_size or 2000)
 
+    def _check_writable(self, shards: list[Shard]) -> None:
+        """Refuse a write that may touch keys a split is cutting over (``ShardMoving``)."""
+        sk = self._shard_key
+        if sk is None:
+            return
+        shard_map = get_map(sk.group)
+        frozen = {f.source for f in shard_map.freezes} & {s.name for s in shards}
+        if not frozen:
+            return
+        keys = keys_from_where(self.query.where, self.query.base_table, sk)
+        if keys is None:
+            raise ShardMoving(
+                f"Shard(s) {', '.join(sorted(frozen))} of group {sk.group!r} are cutting over "
+                f"a split and this {self.model._meta.label} write does not name its keys; "
+                "it was not made. It is safe to retry in a moment."
+            )
+        for key in keys:
+            shard_map.check_writable(key)
+
     def _after_write(self, alias: str | None) -> None:
         """Start read-your-writes for a write that ran on ``alias`` (when it is a primary)."""
         sk = self._shard_key
@@ -595,6 +637,8 @@ class ShardedQuerySet(models.QuerySet):
         return shards[0].primary if len(shards) == 1 else None
 
     def delete(self) -> tuple[int, dict[str, int]]:
+        if self._routes_itself:
+            self._check_writable(self._target_shards())
         shards = self._fanout_shards()
         if shards is None:
             alias = self._write_alias_single()
@@ -628,6 +672,8 @@ class ShardedQuerySet(models.QuerySet):
 
     def update(self, **kwargs: Any) -> int:
         self._check_key_not_updated(kwargs)
+        if self._routes_itself:
+            self._check_writable(self._target_shards())
         shards = self._fanout_shards()
         if shards is None:
             alias = self._write_alias_single()
@@ -645,19 +691,38 @@ class ShardedQuerySet(models.QuerySet):
 
     update.alters_data = True  # type: ignore[attr-defined]
 
+    def _insert(self, objs: Any, *args: Any, **kwargs: Any) -> Any:
+        """Refuse an insert of sharded rows into a database outside their group (a row
+        saved without its key lands here with Django's ``default``)."""
+        using = kwargs.get("using")
+        sk = self._shard_key
+        if (
+            sk is not None
+            and using is not None
+            and self._shard_map().shard_for_alias(using) is None
+        ):
+            raise ShardKeyRequired(
+                f"{self.model._meta.label} has no shard key yet ({sk.field_name!r} is unset), "
+                "so it cannot be routed; set the key before saving."
+            )
+        return super()._insert(objs, *args, **kwargs)
+
+    _insert.alters_data = True  # type: ignore[attr-defined]
+    _insert.queryset_only = False  # type: ignore[attr-defined]  (managers need it: save())
+
     def create(self, **kwargs: Any) -> models.Model:
         """Create on the primary of the shard that owns the new row's key."""
         if not self._routes_itself:
             return super().create(**kwargs)
         obj = self.model(**kwargs)
         self._for_write = True
-        obj.save(force_insert=True, using=write_alias(require_instance_shard(obj), pin=False))
+        obj.save(force_insert=True, using=write_alias(write_shard(obj), pin=False))
         return obj
 
     def _by_shard(self, objs: Iterable[models.Model]) -> dict[str, list[models.Model]]:
         grouped: dict[str, list[models.Model]] = {}
         for obj in objs:
-            grouped.setdefault(write_alias(require_instance_shard(obj), pin=False), []).append(obj)
+            grouped.setdefault(write_alias(write_shard(obj), pin=False), []).append(obj)
         return grouped
 
     def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
@@ -728,7 +793,7 @@ class ShardedQuerySet(models.QuerySet):
                 create_defaults if create_defaults is not None else defaults, **kwargs
             )
             return self.create(**params), True
-        with transaction.atomic(using=write_alias(require_instance_shard(obj), pin=False)):
+        with transaction.atomic(using=write_alias(write_shard(obj), pin=False)):
             for name, value in (defaults or {}).items():
                 setattr(obj, name, value() if callable(value) else value)
             obj.save()

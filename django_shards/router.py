@@ -15,9 +15,9 @@ from django.apps import apps
 from django.db import models
 
 from django_shards.conf import get_config
-from django_shards.exceptions import CrossShardRelation
+from django_shards.exceptions import CrossShardRelation, ShardKeyRequired
 from django_shards.keys import key_for_model
-from django_shards.routing import instance_shard, read_alias, require_instance_shard, write_alias
+from django_shards.routing import instance_shard, read_alias, write_alias, write_shard
 from django_shards.shardmap import get_map
 
 
@@ -39,7 +39,12 @@ class ShardRouter:
             return None
         if type(instance) is model:
             # the object being written: it must name its key
-            return write_alias(require_instance_shard(instance), pin=False)
+            try:
+                return write_alias(write_shard(instance), pin=False)
+            except ShardKeyRequired:
+                # Django also asks while validating unsaved objects whose key comes later
+                # (an inline formset's rows); the insert itself refuses a keyless row.
+                return None
         shard = instance_shard(instance, group=sk.group)
         return None if shard is None else write_alias(shard, pin=False)
 

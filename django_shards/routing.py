@@ -8,7 +8,7 @@ from django.db import connections, models, transaction
 
 from django_shards import context
 from django_shards.conf import Shard, get_config
-from django_shards.exceptions import ShardingError, ShardKeyRequired
+from django_shards.exceptions import ShardingError, ShardKeyRequired, ShardMoving
 from django_shards.health import monitor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
@@ -51,6 +51,35 @@ def require_instance_shard(instance: models.Model) -> Shard:
         raise ShardKeyRequired(
             f"{type(instance)._meta.label} has no shard key yet ({sk.field_name!r} is unset), "
             "so it cannot be routed; set the key before saving."
+        )
+    return shard
+
+
+def write_shard(instance: models.Model) -> Shard:
+    """The shard a write of ``instance`` goes to (its owner's), checked against freezes.
+
+    Raises ``ShardKeyRequired`` when the key is unset, ``ShardMoving`` while a split is
+    cutting over the key.
+    """
+    sk = sharding_of(type(instance))
+    shard_map = get_map(sk.group)
+    value = sk.value_of(instance)
+    if value is None and sk.is_pk and instance._state.adding and sk.field.has_default():
+        # e.g. an inline formset clears a new parent's pk so that it is made again on save;
+        # make it now, since the row cannot be routed without it
+        value = sk.normalize(sk.field.get_default())
+        if value is not None:
+            setattr(instance, sk.attname, value)
+    if value is not None:
+        shard_map.check_writable(value)
+        return shard_map.shard_for_key(value)
+    shard = shard_map.shard_for_alias(instance._state.db)  # a deferred key: where it was read
+    if shard is None:
+        return require_instance_shard(instance)
+    if any(f.source == shard.name for f in shard_map.freezes):
+        raise ShardMoving(
+            f"Shard {shard.name!r} of group {sk.group!r} is cutting over a split and this "
+            f"{type(instance)._meta.label} was loaded without its key; retry in a moment."
         )
     return shard
 

@@ -11,15 +11,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 
 from django_shards.conf import GroupSettings, Shard, get_config
-from django_shards.exceptions import ShardingError, UnknownShard
+from django_shards.exceptions import ShardingError, ShardMoving, UnknownShard
 from django_shards.strategies.base import Layout, Strategy, load_strategy
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Keys moving from ``source`` to ``target`` (a split's cutover): writes are refused."""
+
+    source: str
+    target: str
+    layout: Layout  # the layout after the split
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +40,25 @@ class ShardMap:
     strategy: Strategy
     layout: Layout
     shards: Mapping[str, Shard]  # every shard the map knows, by name, in layout order
+    freezes: tuple[Freeze, ...] = ()
+
+    def moving(self, key: Any) -> Freeze | None:
+        """The freeze ``key`` is under (a write to it must wait), or None."""
+        for freeze in self.freezes:
+            if self.strategy.shard_for_key(freeze.layout, key) == freeze.target and (
+                self.strategy.shard_for_key(self.layout, key) == freeze.source
+            ):
+                return freeze
+        return None
+
+    def check_writable(self, key: Any) -> None:
+        """Raise ``ShardMoving`` if ``key`` is frozen by a split's cutover."""
+        if self.freezes and (freeze := self.moving(key)) is not None:
+            raise ShardMoving(
+                f"Key {key!r} of group {self.group!r} is moving from shard {freeze.source!r} "
+                f"to {freeze.target!r} (a split is cutting over); the write was not made. "
+                "It is safe to retry in a moment."
+            )
 
     def shard_for_key(self, key: Any) -> Shard:
         """The shard owning ``key``. Raises ``NoShardForKey``."""
@@ -105,6 +133,21 @@ def _map_from_row(group: GroupSettings, row: Any) -> ShardMap:
     )
 
 
+def _frozen_jobs(group: str) -> list[Any]:
+    """The split jobs of ``group`` whose moving keys are frozen (empty without a catalog)."""
+    from django_shards.models import SplitJob
+
+    catalog = get_config().catalog
+    qs = SplitJob.objects.using(catalog).filter(group=group, frozen=True)
+    try:
+        if connections[catalog].in_atomic_block:
+            with transaction.atomic(using=catalog):
+                return list(qs)
+        return list(qs)
+    except DatabaseError:
+        return []
+
+
 def _latest_row(group: str) -> Any:
     """The newest stored version of ``group``, or None (also when the catalog has no tables)."""
     from django_shards.models import ShardMapVersion
@@ -145,6 +188,7 @@ class MapRegistry:
                 f"Unknown shard group {group!r} (DJANGO_SHARDS GROUPS: {known})."
             ) from None
         row = _latest_row(group)
+        jobs = _frozen_jobs(group)
         with self._lock:
             current = self._maps.get(group)
             if row is None:
@@ -154,6 +198,12 @@ class MapRegistry:
                 shard_map = current[0]
             else:
                 shard_map = _map_from_row(settings_group, row)
+            freezes = tuple(
+                Freeze(j.source, j.target, shard_map.strategy.load_layout(j.new_layout))
+                for j in jobs
+            )
+            if freezes != shard_map.freezes:
+                shard_map = replace(shard_map, freezes=freezes)
             self._maps[group] = (shard_map, time.monotonic())
             return shard_map
 

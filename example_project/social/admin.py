@@ -1,78 +1,51 @@
 """The admin, unchanged from any Django project except for two sharding habits.
 
 - Foreign keys use ``raw_id_fields``: a drop-down would list every author of every shard.
-- Nothing joins ``Follow.followee``: the followee may live on another shard, so it is read
-  by its own key (one query per row) instead of ``select_related``.
+- Nothing joins ``Follow.followee``: the followee may live on another shard, so the change
+  list prefetches the followees by key (one query per shard they live on) instead of
+  ``select_related``.
 
-A change list names no shard key, so it fans out to every shard.
+A change list names no shard key, so it fans out to every shard and merges: the count,
+the ordering, the page, the search, the filters and the date hierarchy. A change, delete or
+history page reads one row by pk, and the library finds its shard.
 """
 
-from django.contrib import admin, messages
-from django.shortcuts import redirect
+from django.contrib import admin
 
-from django_shards.exceptions import ShardKeyRequired
 from social.models import Author, Follow, Post
 
 
-class ShardedAdmin(admin.ModelAdmin):
-    """Turns "this needs a fan-out" into a message instead of a server error.
-
-    TODO(fan-out): drop this class once fan-out lands. Until then a change list, and the
-    change, delete and history pages of a model whose key is not its pk (Post, Follow:
-    ``get(pk=...)`` does not name the shard), raise ``ShardKeyRequired``.
-    """
-
-    def changelist_view(self, request, extra_context=None):
-        return self._unless_fanout(request, super().changelist_view, request, extra_context)
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        view = super().changeform_view
-        return self._unless_fanout(request, view, request, object_id, form_url, extra_context)
-
-    def delete_view(self, request, object_id, extra_context=None):
-        view = super().delete_view
-        return self._unless_fanout(request, view, request, object_id, extra_context)
-
-    def history_view(self, request, object_id, extra_context=None):
-        view = super().history_view
-        return self._unless_fanout(request, view, request, object_id, extra_context)
-
-    def _unless_fanout(self, request, view, *args):
-        try:
-            return view(*args)
-        except ShardKeyRequired as exc:
-            self.message_user(
-                request,
-                f"This page needs a fan-out query, not available yet: {exc}",
-                messages.WARNING,
-            )
-            return redirect("admin:index")
-
-
 @admin.register(Author)
-class AuthorAdmin(ShardedAdmin):
+class AuthorAdmin(admin.ModelAdmin):
     list_display = ["handle", "name", "email", "joined", "id"]
     search_fields = ["handle", "name", "email"]
     list_filter = ["joined"]
+    ordering = ["handle"]
     readonly_fields = ["id"]
 
 
 @admin.register(Post)
-class PostAdmin(ShardedAdmin):
+class PostAdmin(admin.ModelAdmin):
     list_display = ["id", "author", "body", "likes", "created"]
     list_select_related = ["author"]  # same shard as the post
     search_fields = ["body", "author__handle"]
     list_filter = ["created"]
+    date_hierarchy = "created"
     raw_id_fields = ["author"]
     readonly_fields = ["id"]
     ordering = ["-created"]
 
 
 @admin.register(Follow)
-class FollowAdmin(ShardedAdmin):
+class FollowAdmin(admin.ModelAdmin):
     list_display = ["id", "follower", "followee", "created"]
-    list_select_related = ["follower"]  # not followee: it may be on another shard
+    list_select_related = ["follower"]  # same shard as the follow
     search_fields = ["follower__handle"]
     list_filter = ["created"]
     raw_id_fields = ["follower", "followee"]
     readonly_fields = ["id"]
+    ordering = ["-created"]
+
+    def get_queryset(self, request):
+        # the followee may live on another shard: read by key, not joined
+        return super().get_queryset(request).prefetch_related("followee")

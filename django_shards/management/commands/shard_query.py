@@ -106,25 +106,31 @@ def read_only_select(sql: str) -> str:
         what = "not a SELECT" if kind == "UNKNOWN" else f"a {kind} statement"
         raise UnsafeSQL(f"it is {what}; only a single SELECT is run")
     tokens = [t for t in statement.flatten() if not t.is_whitespace]
-    for i, token in enumerate(tokens):
-        _check_token(token, tokens[i + 1] if i + 1 < len(tokens) else None)
+    for token in tokens:
+        if token.ttype in T.Comment:
+            _check_comment(token.value)
+    code = [t for t in tokens if t.ttype not in T.Comment]  # GET_LOCK/**/( is still a call
+    for i, token in enumerate(code):
+        _check_token(token, code[i + 1].value.upper() if i + 1 < len(code) else "")
     kept = list(statement.flatten())
     while kept and (kept[-1].is_whitespace or kept[-1].ttype in T.Comment or kept[-1].value == ";"):
         kept.pop()
     return "".join(t.value for t in kept).strip()
 
 
-def _check_token(token: Any, following: Any) -> None:
+def _check_comment(value: str) -> None:
+    if value.startswith(("/*!", "/*M!")):
+        raise UnsafeSQL("MySQL runs the text of /*! ... */ comments; remove the comment")
+    if value.startswith("#"):
+        raise UnsafeSQL("# comments are not accepted; use -- followed by a space")
+    if value.startswith("--") and (len(value) < 3 or value[2] not in _COMMENT_SPACE):
+        raise UnsafeSQL("-- starts a comment only when a space follows it")
+
+
+def _check_token(token: Any, next_word: str) -> None:
+    """Refuse a token (not a comment) that writes, locks or may be read differently."""
     value: str = token.value
     upper = value.upper()
-    if token.ttype in T.Comment:
-        if value.startswith(("/*!", "/*M!")):
-            raise UnsafeSQL("MySQL runs the text of /*! ... */ comments; remove the comment")
-        if value.startswith("#"):
-            raise UnsafeSQL("# comments are not accepted; use -- followed by a space")
-        if value.startswith("--") and (len(value) < 3 or value[2] not in _COMMENT_SPACE):
-            raise UnsafeSQL("-- starts a comment only when a space follows it")
-        return
     if token.ttype in T.String:
         return
     if token.ttype in T.Keyword.DML and upper != "SELECT":
@@ -133,7 +139,6 @@ def _check_token(token: Any, following: Any) -> None:
         raise UnsafeSQL(f"it contains {upper}; only reading is allowed")
     if upper in _REFUSED_WORDS:
         raise UnsafeSQL(f"it contains {upper}, which writes or locks; only reading is allowed")
-    next_word = following.value.upper() if following is not None else ""
     if upper == "FOR" and next_word in {"UPDATE", "SHARE"}:
         raise UnsafeSQL(f"FOR {next_word} takes row locks; only reading is allowed")
     if upper == "NEXT" and next_word == "VALUE":
@@ -249,7 +254,7 @@ class Command(ShardsCommand):
             action="append",
             default=[],
             metavar="F",
-            help="Field to order by, repeatable; -field for descending.",
+            help="Field to order by, repeatable; -field for descending (--order-by=-field).",
         )
         parser.add_argument("--limit", metavar="N", help="At most N rows.")
         parser.add_argument("--count", action="store_true", help="Print the number of rows.")
