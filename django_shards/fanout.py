@@ -28,7 +28,7 @@ from django.db import (
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import FanoutError
-from django_shards.replicas import pool
+from django_shards.replicas import is_connection_error, pool
 
 logger = logging.getLogger("django_shards.fanout")
 
@@ -115,7 +115,7 @@ def _run_one(
             try:
                 value = task(alias)
             except (OperationalError, InterfaceError) as exc:
-                if alias == shard.primary:
+                if alias == shard.primary or not is_connection_error(exc):
                     raise
                 pool.mark_down(alias, exc)  # a replica failed: the primary answers
                 alias = shard.primary

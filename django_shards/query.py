@@ -35,7 +35,7 @@ from django_shards.context import validate_level
 from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequired, ShardMoving
 from django_shards.fanout import FanoutResult, collect, get_executor
 from django_shards.keys import ShardKey, key_for_model
-from django_shards.replicas import pool
+from django_shards.replicas import is_connection_error, pool
 from django_shards.routing import note_write, read_alias, write_alias, write_shard
 from django_shards.shardmap import ShardMap, get_map
 
@@ -510,7 +510,12 @@ class ShardedQuerySet(models.QuerySet):
                 result = run()
             except (OperationalError, InterfaceError) as exc:
                 alias = self._routed_alias
-                if alias is None or attempt == READ_ATTEMPTS - 1 or not self._is_replica(alias):
+                if (
+                    alias is None
+                    or attempt == READ_ATTEMPTS - 1
+                    or not self._is_replica(alias)
+                    or not is_connection_error(exc)
+                ):
                     raise
                 pool.mark_down(alias, exc)
                 continue

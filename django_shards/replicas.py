@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 
 from django_shards.conf import Shard, get_config
 from django_shards.health import monitor
@@ -25,6 +25,51 @@ logger = logging.getLogger("django_shards.replicas")
 COOL_DOWN_SECONDS = 5.0
 #: weight of a new latency sample in the moving average used by ``fastest``
 LATENCY_ALPHA = 0.2
+
+
+#: MySQL/MariaDB client and server errors that mean "this server is not answering"
+_CONNECTION_ERRORS = {
+    1040,
+    1053,
+    1077,
+    1152,
+    1158,
+    1159,
+    1160,
+    1161,
+    1927,
+    2001,
+    2002,
+    2003,
+    2004,
+    2005,
+    2006,
+    2011,
+    2012,
+    2013,
+    2026,
+    2047,
+    2048,
+    2055,
+}
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is unreachable or the connection broke, as
+    opposed to a problem with the query (a bad column is an OperationalError too)."""
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    cause = exc.__cause__ or exc
+    code = cause.args[0] if cause.args else None
+    if isinstance(code, int):
+        return code in _CONNECTION_ERRORS
+    text = str(cause).lower()
+    return any(
+        marker in text
+        for marker in ("unable to open", "disk i/o", "connection", "not a database", "timed out")
+    )
 
 
 class ReplicaPool:

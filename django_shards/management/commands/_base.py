@@ -242,3 +242,41 @@ class ShardsCommand(BaseCommand):
 
     def write_json(self, data: Any) -> None:
         self.stdout.write(format_json(data))
+
+
+def group_names(name: str | None) -> list[str]:
+    """The shard groups a command works on: ``[name]``, or every group when ``name`` is None.
+
+    Raises ``CommandError`` (exit 2) naming an unknown group and listing the known ones.
+    """
+    from django_shards.conf import get_config
+
+    known = list(get_config().groups)
+    if name is None:
+        return known
+    if name not in known:
+        raise CommandError(
+            f"Shard group {name!r} does not exist (groups: {', '.join(known) or 'none'}).",
+            returncode=EXIT_USAGE,
+        )
+    return [name]
+
+
+def format_columns(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int] = ()
+) -> str:
+    """Text cells in aligned columns under a header, without a row count.
+
+    The cells are written as given (format them first); the columns whose indexes are in
+    ``right`` are right-aligned, as numbers read best.
+    """
+    right_aligned = set(right)
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(width) if i in right_aligned else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])

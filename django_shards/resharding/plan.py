@@ -1,0 +1,249 @@
+"""Planning a split: the new map, and per model the rows that move.
+
+Nothing here writes anything. :func:`plan_split` validates every input (group, source,
+target name, aliases, split key) and raises ``SplitError`` with a clear sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connections, models
+
+from django_shards.conf import Shard, get_config
+from django_shards.exceptions import NoShardForKey, SplitError
+from django_shards.keys import ShardKey, sharded_models
+from django_shards.shardmap import ShardMap, get_map
+from django_shards.strategies.base import Layout
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One sharded table, as the copy reads and writes it (plain SQL, no model instances)."""
+
+    key: ShardKey
+    table: str
+    columns: tuple[str, ...]
+    pk_column: str
+    key_index: int  # position of the shard key column in ``columns``
+
+    @property
+    def model(self) -> type[models.Model]:
+        return self.key.model
+
+    @property
+    def label(self) -> str:
+        return self.key.model._meta.label
+
+
+def table_spec(sk: ShardKey) -> TableSpec:
+    meta = sk.model._meta
+    columns = tuple(f.column for f in meta.concrete_fields)
+    return TableSpec(sk, meta.db_table, columns, meta.pk.column, columns.index(sk.field.column))
+
+
+def group_tables(group: str) -> list[TableSpec]:
+    """The group's tables, parents before children (the order rows are copied in)."""
+    keys = [sk for sk in sharded_models() if sk.group == group and not sk.model._meta.proxy]
+    by_model = {sk.model: sk for sk in keys}
+    ordered: list[ShardKey] = []
+    visiting: set[type[models.Model]] = set()
+
+    def visit(model: type[models.Model]) -> None:
+        if model in visiting or by_model[model] in ordered:
+            return
+        visiting.add(model)
+        for f in model._meta.concrete_fields:
+            parent = f.related_model if f.is_relation else None
+            if parent in by_model and parent is not model and getattr(f, "db_constraint", False):
+                visit(parent)
+        ordered.append(by_model[model])
+
+    for sk in sorted(keys, key=lambda k: k.model._meta.label):
+        visit(sk.model)
+    return [table_spec(sk) for sk in ordered]
+
+
+@dataclass
+class SplitPlan:
+    """What a split will do. ``moving_rows`` is filled by :func:`count_moving_rows`."""
+
+    group: str
+    source: str
+    target: Shard
+    at: Any
+    base: ShardMap
+    new_layout: Layout
+    tables: list[TableSpec]
+    moving_rows: dict[str, int] = field(default_factory=dict)
+    source_rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def new_shards(self) -> list[Shard]:
+        return [*self.base.shards.values(), self.target]
+
+    def moves(self, key: Any) -> bool:
+        """True when a row of the source with ``key`` belongs to the target after the split."""
+        return self.base.strategy.shard_for_key(self.new_layout, key) == self.target.name
+
+    def describe(self) -> dict[str, str]:
+        return self.base.strategy.describe(self.new_layout)
+
+
+def parse_at(group: str, raw: str | None) -> Any:
+    """Turn ``--at`` text into a key of the group's key type (its first model's key field)."""
+    if raw is None:
+        return None
+    tables = group_tables(group)
+    if not tables:
+        raise SplitError(f"Group {group!r} has no sharded models, so --at cannot be read.")
+    sk = tables[0].key
+    try:
+        return sk.normalize(raw)
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise SplitError(
+            f"--at {raw!r} is not a valid {sk.model._meta.label}.{sk.field_name} key: {exc}"
+        ) from None
+
+
+def _aliases_in_use() -> dict[str, str]:
+    """alias -> "group/shard" for every alias some shard of some group uses."""
+    used: dict[str, str] = {}
+    for group in get_config().groups:
+        for shard in get_map(group).shards.values():
+            for alias in shard.aliases:
+                used.setdefault(alias, f"{group}/{shard.name}")
+    for group in get_config().groups.values():
+        for spec in group.shards:
+            for alias in spec.shard.aliases:
+                used.setdefault(alias, f"{group.name}/{spec.name}")
+    return used
+
+
+def iter_rows(
+    alias: str, spec: TableSpec, batch_size: int, after: Any = None, upto: Any = None
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of rows of ``spec``'s table on ``alias``, in primary-key order, after ``after``
+    (exclusive) and up to ``upto`` (inclusive)."""
+    conn = connections[alias]
+    q = conn.ops.quote_name
+    select = f"SELECT {', '.join(q(c) for c in spec.columns)} FROM {q(spec.table)}"
+    pk_index = spec.columns.index(spec.pk_column)
+    while True:
+        where, params = [], []
+        if after is not None:
+            where.append(f"{q(spec.pk_column)} > %s")
+            params.append(after)
+        if upto is not None:
+            where.append(f"{q(spec.pk_column)} <= %s")
+            params.append(upto)
+        sql = select + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += f" ORDER BY {q(spec.pk_column)} LIMIT {int(batch_size)}"
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = [tuple(r) for r in cursor.fetchall()]
+        if not rows:
+            return
+        yield rows
+        if len(rows) < batch_size:
+            return
+        after = rows[-1][pk_index]
+
+
+def count_moving_rows(plan: SplitPlan, batch_size: int = 5000) -> None:
+    """Fill ``plan.moving_rows``/``source_rows`` by reading every key on the source."""
+    alias = plan.base.shard_named(plan.source).primary
+    for spec in plan.tables:
+        moving = total = 0
+        for rows in iter_rows(alias, spec, batch_size):
+            total += len(rows)
+            moving += sum(1 for row in rows if plan.moves(spec.key.normalize(row[spec.key_index])))
+        plan.moving_rows[spec.label] = moving
+        plan.source_rows[spec.label] = total
+
+
+def median_key(plan_base: ShardMap, source: str, tables: list[TableSpec]) -> Any:
+    """The median key stored on ``source``, over the group's table with the most rows."""
+    alias = plan_base.shard_named(source).primary
+    best = None
+    for spec in tables:
+        qs = spec.model._base_manager.using(alias)
+        count = qs.count()
+        if count and (best is None or count > best[0]):
+            best = (count, spec)
+    if best is None:
+        return None
+    count, spec = best
+    attname = spec.key.attname
+    values = spec.model._base_manager.using(alias).order_by(attname).values_list(attname, flat=True)
+    return values[count // 2]
+
+
+def plan_split(
+    group: str,
+    source: str,
+    target: str,
+    primary: str,
+    replicas: list[str] | tuple[str, ...] = (),
+    at: Any = None,
+) -> SplitPlan:
+    """Validate a split of ``source`` into a new shard ``target`` and compute the new map."""
+    config = get_config()
+    if group not in config.groups:
+        known = ", ".join(config.groups) or "none"
+        raise SplitError(f"Unknown group {group!r} (groups: {known}).")
+    base = get_map(group)
+    owners = set(base.layout.shard_names())
+    if source not in base.shards or source not in owners:
+        raise SplitError(
+            f"Group {group!r} has no shard {source!r} that owns keys "
+            f"(shards: {', '.join(sorted(owners))})."
+        )
+    if target in base.shards:
+        raise SplitError(f"Group {group!r} already has a shard named {target!r}.")
+    for alias in (primary, *replicas):
+        if alias not in settings.DATABASES:
+            raise SplitError(f"Alias {alias!r} is not in DATABASES.")
+    if primary in replicas:
+        raise SplitError(f"Alias {primary!r} cannot be the new shard's primary and a replica.")
+    used = _aliases_in_use()
+    for alias in (primary, *replicas):
+        if alias in used:
+            raise SplitError(f"Alias {alias!r} is already in use by shard {used[alias]}.")
+    if primary == config.catalog:
+        raise SplitError(f"Alias {primary!r} is the catalog; use a database of its own.")
+    tables = group_tables(group)
+    strategy = base.strategy
+    if strategy.name == "range":
+        if at is None:
+            at = median_key(base, source, tables)
+            if at is None:
+                raise SplitError(
+                    f"Shard {source!r} holds no rows, so there is no median key to split at; "
+                    "pass --at KEY."
+                )
+        try:
+            if strategy.shard_for_key(base.layout, at) != source:
+                raise SplitError(f"--at {at!r} is not a key of shard {source!r}.")
+        except NoShardForKey:
+            raise SplitError(f"--at {at!r} is outside every shard's range.") from None
+    elif at is not None:
+        raise SplitError(
+            f"--at only applies to range groups; group {group!r} uses {strategy.name!r}, "
+            "whose split halves the source shard."
+        )
+    # the strategy validates the rest (e.g. at strictly inside the interval; modulo refuses)
+    new_layout = strategy.split(base.layout, source, target, at)
+    return SplitPlan(
+        group=group,
+        source=source,
+        target=Shard(target, primary, tuple(replicas)),
+        at=at,
+        base=base,
+        new_layout=new_layout,
+        tables=tables,
+    )
