@@ -1,0 +1,190 @@
+"""``shard_split GROUP SHARD --to NAME --primary ALIAS [--replica ALIAS ...] [--at KEY]
+[--dry-run] [--batch-size N] [--resume] [--abort] [--no-input]``: split a shard online."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from django.core.management.base import CommandParser
+
+from django_shards.exceptions import SplitError
+from django_shards.management.commands._base import EXIT_UNHEALTHY, ShardsCommand, group_names
+from django_shards.resharding import (
+    SplitRunner,
+    abort,
+    active_job,
+    count_moving_rows,
+    create_job,
+    plan_split,
+)
+from django_shards.resharding.plan import parse_at
+from django_shards.shardmap import registry
+
+
+class Command(ShardsCommand):
+    help = (
+        "Split a shard of a group into a new shard online: plan, copy, verify, cut over, "
+        "clean up. Resumable after a crash at any point (--resume); --abort undoes a split "
+        "that has not cut over; --dry-run prints the plan and changes nothing."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("group", help="the shard group")
+        parser.add_argument("shard", help="the shard to split (the source)")
+        parser.add_argument("--to", dest="target", help="name of the new shard")
+        parser.add_argument("--primary", help="DATABASES alias of the new shard's primary")
+        parser.add_argument(
+            "--replica",
+            dest="replicas",
+            action="append",
+            default=[],
+            help="DATABASES alias of a replica of the new shard (repeatable)",
+        )
+        parser.add_argument(
+            "--at", help="range groups: the split key (default: the median key stored)"
+        )
+        parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+        parser.add_argument(
+            "--batch-size", type=int, default=1000, help="rows per copy batch (default 1000)"
+        )
+        parser.add_argument("--resume", action="store_true", help="continue an interrupted split")
+        parser.add_argument("--abort", action="store_true", help="undo a split not cut over yet")
+        parser.add_argument(
+            "--no-input", action="store_false", dest="interactive", help="do not ask to confirm"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        group, source = options["group"], options["shard"]
+        group_names(group)  # unknown group: CommandError, exit 2
+        if options["batch_size"] < 1:
+            self.fail(
+                f"--batch-size must be a positive number of rows, not {options['batch_size']}."
+            )
+        if options["resume"] and options["abort"]:
+            self.fail("--resume and --abort cannot be used together.")
+        try:
+            if options["abort"]:
+                return self._abort(group, source)
+            if options["resume"]:
+                return self._resume(group, source, options)
+            return self._split(group, source, options)
+        except SplitError as exc:
+            self.fail(str(exc))
+
+    # -- the three entry points ------------------------------------------------------------
+
+    def _split(self, group: str, source: str, options: dict[str, Any]) -> None:
+        for flag in ("target", "primary"):
+            if not options[flag]:
+                self.fail(f"--{'to' if flag == 'target' else flag} is required to plan a split.")
+        job = active_job(group)
+        if job is not None:
+            self.fail(
+                f"A split of group {group!r} is in progress ({job.source} -> {job.target}, "
+                f"phase {job.phase}); finish it with --resume or undo it with --abort."
+            )
+        plan = plan_split(
+            group,
+            source,
+            options["target"],
+            options["primary"],
+            options["replicas"],
+            at=parse_at(group, options["at"]),
+        )
+        count_moving_rows(plan, batch_size=max(options["batch_size"], 1000))
+        self._print_plan(plan)
+        if options["dry_run"]:
+            self.stdout.write("dry run: nothing was changed.")
+            return
+        if options["interactive"] and sys.stdin.isatty():
+            answer = input("Proceed with the split? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                self.stdout.write("Nothing was changed.")
+                return
+        job = create_job(plan)
+        self._run(job, options["batch_size"])
+
+    def _resume(self, group: str, source: str, options: dict[str, Any]) -> None:
+        job = active_job(group, source)
+        if job is None:
+            self.fail(f"No split of shard {source!r} of group {group!r} is in progress.")
+        self.stdout.write(f"resuming split {job.source} -> {job.target} at phase {job.phase}")
+        self._run(job, options["batch_size"])
+
+    def _abort(self, group: str, source: str) -> None:
+        job = active_job(group, source)
+        if job is None:
+            self.fail(f"No split of shard {source!r} of group {group!r} is in progress.")
+        abort(job, report=self.stdout.write)
+        registry.reset_group(group)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _print_plan(self, plan: Any) -> None:
+        w = self.stdout.write
+        w(
+            f"split of {plan.group}/{plan.source} into {plan.target.name} "
+            f"(primary {plan.target.primary}, replicas {', '.join(plan.target.replicas) or 'none'})"
+        )
+        w(
+            f"strategy {plan.base.strategy.name}, map version {plan.base.version} -> "
+            f"{plan.base.version + 2} (a pending version, then the cutover)"
+        )
+        if plan.at is not None:
+            w(f"split key: {plan.at!r} (the new shard takes [{plan.at!r}, hi))")
+        w("new map:")
+        for name, owns in plan.describe().items():
+            w(f"  {name:<12} {owns}")
+        w("rows that move (from the source to the new shard):")
+        for label in plan.moving_rows:
+            w(f"  {label:<30} {plan.moving_rows[label]:>10} of {plan.source_rows[label]}")
+        w(
+            "writes to the moving keys raise ShardMoving (retryable) from the freeze until the "
+            "cutover; this backend has no change stream, so they stay frozen for the whole copy."
+        )
+
+    def _run(self, job: Any, batch_size: int) -> None:
+        progress = _Progress(self)
+        runner = SplitRunner(job, batch_size=batch_size, report=progress)
+        try:
+            job = runner.run()
+        except SplitError:
+            raise
+        except Exception as exc:
+            self.stderr.write(
+                f"split stopped at phase {runner.job.phase}: {exc!r}. Fix the cause and run "
+                "again with --resume (or --abort before the cutover)."
+            )
+            sys.exit(EXIT_UNHEALTHY)
+        registry.reset_group(job.group)
+        frozen = job.progress.get("frozen_seconds")
+        copied = sum(v.get("rows", 0) for v in job.progress.get("copy", {}).values())
+        self.stdout.write(
+            f"split {job.source} -> {job.target} of group {job.group!r} done: {copied} rows "
+            f"moved, moving keys frozen {frozen or 0:.2f}s."
+        )
+
+
+class _Progress:
+    """Phase lines always; batch lines as a one-line bar on a terminal, else every 5 s."""
+
+    def __init__(self, command: Command) -> None:
+        self.out = command.stdout
+        self.tty = command.stdout.isatty() if hasattr(command.stdout, "isatty") else False
+        self.last = 0.0
+
+    def __call__(self, line: str) -> None:
+        batch = line.startswith(("copy ", "clean-up ", "verify "))
+        if not batch:
+            if self.tty:
+                self.out.write("")
+            self.out.write(line)
+            return
+        if self.tty:
+            self.out.write(f"\r{line[:100]:<100}", ending="")
+            self.out.flush()
+        elif time.monotonic() - self.last >= 5 or line.startswith("verify "):
+            self.out.write(line)
+            self.last = time.monotonic()

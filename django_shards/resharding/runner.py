@@ -1,0 +1,378 @@
+"""Running a split: prepare, freeze, copy, verify, cut over, clean up.
+
+Every phase is recorded in the catalog's :class:`~django_shards.models.SplitJob` row
+*after* its work is done, and every phase's work can be repeated safely, so a split killed
+at any point (even ``kill -9``) continues with ``--resume``:
+
+- **prepare**: a map version that knows the target as a pending shard (owning nothing),
+  so ``migrate`` creates the group's tables on it; the target's replicas are checked.
+- **freeze**: the moving keys are frozen in the catalog (writes to them raise
+  ``ShardMoving``, everything else carries on); then one full lease is waited, so every
+  process has seen the freeze before anything is copied.
+- **copy**: each table in foreign-key order, in primary-key batches, multi-row
+  ``INSERT IGNORE`` (idempotent); the last key copied is recorded after every batch.
+- **verify**: row counts and checksums per batch on both sides; a mismatch stops the split
+  with a report, lifts the freeze and cuts nothing over.
+- **cutover**: one catalog transaction writes the new map version and lifts the freeze.
+- **clean-up**: after one more lease (so no process still reads the source for those
+  keys), the moved rows are deleted from the source in batches.
+
+This backend has no change stream, so the moving keys stay frozen for the whole copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.core.management import call_command
+from django.db import connections, transaction
+from django.db.models.constants import OnConflict
+
+from django_shards.conf import Shard, get_config
+from django_shards.exceptions import SplitError
+from django_shards.health import probe
+from django_shards.models import ShardMapVersion, SplitJob
+from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
+from django_shards.shardmap import get_map, registry, write_version
+from django_shards.strategies.range import decode_bound, encode_bound
+
+Phase = SplitJob.Phase
+Report = Callable[[str], None]
+#: seconds added to each lease wait, for clocks and in-flight statements
+LEASE_MARGIN_SECONDS = 0.2
+
+
+def _catalog() -> str:
+    return get_config().catalog
+
+
+def create_job(plan: SplitPlan) -> SplitJob:
+    """Record a planned split. Refuses while another split of the group is active."""
+    active = SplitJob.objects.using(_catalog()).filter(
+        group=plan.group, phase__in=SplitJob.ACTIVE_PHASES
+    )
+    if active.exists():
+        job = active.first()
+        raise SplitError(
+            f"A split of group {plan.group!r} is in progress ({job.source} -> {job.target}, "
+            f"phase {job.phase}); finish it with --resume or undo it with --abort."
+        )
+    return SplitJob.objects.using(_catalog()).create(
+        group=plan.group,
+        source=plan.source,
+        target=plan.target.name,
+        target_primary=plan.target.primary,
+        target_replicas=list(plan.target.replicas),
+        at=encode_bound(plan.at) if plan.at is not None else None,
+        base_version=plan.base.version,
+        new_shards=[s.as_dict() for s in plan.new_shards],
+        new_layout=plan.new_layout.to_json(),
+    )
+
+
+def active_job(group: str, source: str | None = None) -> SplitJob | None:
+    qs = SplitJob.objects.using(_catalog()).filter(group=group, phase__in=SplitJob.ACTIVE_PHASES)
+    if source is not None:
+        qs = qs.filter(source=source)
+    return qs.first()
+
+
+def job_checksum(rows: list[tuple[Any, ...]]) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for row in rows:
+        digest.update(repr(row).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+class SplitRunner:
+    """Drives one :class:`SplitJob` from its recorded phase to the end."""
+
+    def __init__(self, job: SplitJob, *, batch_size: int = 1000, report: Report = print) -> None:
+        self.job = job
+        self.batch_size = batch_size
+        self.report = report
+        self.group = job.group
+        shard_map = get_map(job.group)
+        self.strategy = shard_map.strategy
+        self.new_layout = self.strategy.load_layout(job.new_layout)
+        self.target = Shard(job.target, job.target_primary, tuple(job.target_replicas))
+        self.tables = group_tables(job.group)
+        # the source's primary: from the map the job started from (it never changes)
+        self.source_alias = next(s["primary"] for s in job.new_shards if s["name"] == job.source)
+        self._slow = float(os.environ.get("DJANGO_SHARDS_SPLIT_SLOW_SECONDS", "0") or 0)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _save(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            setattr(self.job, name, value)
+        self.job.save(using=_catalog(), update_fields=[*fields, "updated"])
+
+    def _advance(self, phase: str) -> None:
+        self._save(phase=phase)
+        self.report(f"phase: {phase}")
+
+    def _pause(self) -> None:
+        """Test hook: slow each step down so a test can kill the process mid-phase."""
+        if self._slow:
+            time.sleep(self._slow)
+
+    def moves(self, raw_key: Any, spec: TableSpec) -> bool:
+        key = spec.key.normalize(raw_key)
+        return self.strategy.shard_for_key(self.new_layout, key) == self.target.name
+
+    @staticmethod
+    def wait_lease(reason: str, report: Report) -> None:
+        seconds = get_config().map_lease_seconds + LEASE_MARGIN_SECONDS
+        report(f"waiting {seconds:.1f}s (one map lease) {reason}")
+        time.sleep(seconds)
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def run(self) -> SplitJob:
+        steps = {
+            Phase.PLANNED: self.prepare,
+            Phase.PREPARED: self.freeze,
+            Phase.FROZEN: self.copy,
+            Phase.COPIED: self.verify,
+            Phase.VERIFIED: self.cutover,
+            Phase.CUT_OVER: self.cleanup,
+            Phase.CLEANED: self.finish,
+        }
+        while self.job.phase in steps:
+            steps[self.job.phase]()
+            self._pause()
+        return self.job
+
+    def prepare(self) -> None:
+        current = registry.refresh(self.group)
+        if self.target.name not in current.shards:
+            write_version(
+                self.group,
+                [*current.shards.values(), self.target],
+                current.layout,
+                note=f"split {self.job.source} -> {self.target.name}: target pending",
+            )
+        self.report(f"creating the group's tables on {self.target.primary}")
+        call_command("migrate", database=self.target.primary, interactive=False, verbosity=0)
+        self._create_missing_tables()
+        for replica in self.target.replicas:
+            health = probe(replica, "replica")
+            if not health.healthy:
+                raise SplitError(
+                    f"Replica {replica!r} of the new shard is not usable: {health.problem}."
+                )
+        self._advance(Phase.PREPARED)
+
+    def _create_missing_tables(self) -> None:
+        """Tables ``migrate`` skipped: an alias migrated before it joined the group has the
+        migrations recorded as applied (the router had refused their operations)."""
+        conn = connections[self.target.primary]
+        with conn.cursor() as cursor:
+            existing = set(conn.introspection.table_names(cursor))
+        missing = [spec for spec in self.tables if spec.table not in existing]
+        if missing:
+            with conn.schema_editor() as editor:
+                for spec in missing:
+                    editor.create_model(spec.model)
+            self.report(f"created {', '.join(s.table for s in missing)}")
+
+    def _empty_target(self) -> None:
+        """Remove rows an earlier, failed copy left on the target (it serves nothing yet)."""
+        conn = connections[self.target.primary]
+        with conn.cursor() as cursor:
+            for spec in reversed(self.tables):
+                cursor.execute(f"DELETE FROM {conn.ops.quote_name(spec.table)}")
+        self._save(progress={})
+
+    def freeze(self) -> None:
+        if self.job.progress.get("dirty"):  # a failed verification: copy afresh
+            self._empty_target()
+        self._save(frozen=True, progress={**self.job.progress, "frozen_at": time.time()})
+        self.wait_lease("so every process sees the freeze", self.report)
+        self._advance(Phase.FROZEN)
+
+    def copy(self) -> None:
+        conn = connections[self.target.primary]
+        q = conn.ops.quote_name
+        for spec in self.tables:
+            done = self.job.progress.get("copy", {}).get(spec.label, {})
+            after, copied = done.get("after"), done.get("rows", 0)
+            if done.get("complete"):
+                continue
+            insert = (
+                f"{conn.ops.insert_statement(on_conflict=OnConflict.IGNORE)} {q(spec.table)} "
+                f"({', '.join(q(c) for c in spec.columns)}) VALUES "
+                f"({', '.join(['%s'] * len(spec.columns))})"
+            )
+            pk_index = spec.columns.index(spec.pk_column)
+            started = time.monotonic()
+            for rows in iter_rows(self.source_alias, spec, self.batch_size, after=after):
+                moving = [r for r in rows if self.moves(r[spec.key_index], spec)]
+                if moving:
+                    with transaction.atomic(using=self.target.primary), conn.cursor() as cursor:
+                        cursor.executemany(insert, moving)
+                copied += len(moving)
+                after = rows[-1][pk_index]
+                self._record_copy(spec.label, after=after, rows=copied)
+                self.report(f"copy {spec.label}: {copied} rows (up to pk {after})")
+                self._pause()
+            elapsed = time.monotonic() - started
+            self._record_copy(spec.label, after=after, rows=copied, complete=True, seconds=elapsed)
+        self._advance(Phase.COPIED)
+
+    def _record_copy(self, label: str, **state: Any) -> None:
+        progress = dict(self.job.progress)
+        copies = dict(progress.get("copy", {}))
+        copies[label] = {**copies.get(label, {}), **state}
+        progress["copy"] = copies
+        self._save(progress=progress)
+
+    def verify(self) -> None:
+        mismatches = []
+        for spec in self.tables:
+            pk_index = spec.columns.index(spec.pk_column)
+            batches = rows_total = 0
+            source_batches = iter_rows(self.source_alias, spec, self.batch_size)
+            previous = None
+            for rows in source_batches:
+                moving = [r for r in rows if self.moves(r[spec.key_index], spec)]
+                upto = rows[-1][pk_index]
+                target_rows = [
+                    r
+                    for batch in iter_rows(
+                        self.target.primary, spec, max(len(rows), 1), after=previous, upto=upto
+                    )
+                    for r in batch
+                ]
+                previous = upto
+                batches += 1
+                rows_total += len(moving)
+                if len(moving) != len(target_rows) or job_checksum(moving) != job_checksum(
+                    target_rows
+                ):
+                    mismatches.append(
+                        f"{spec.label}: batch up to pk {upto}: source {len(moving)} rows, "
+                        f"target {len(target_rows)} rows, checksums differ"
+                        if len(moving) == len(target_rows)
+                        else f"{spec.label}: batch up to pk {upto}: source {len(moving)} rows, "
+                        f"target {len(target_rows)} rows"
+                    )
+            # rows on the target beyond the source's last key
+            extra = sum(
+                len(b)
+                for b in iter_rows(self.target.primary, spec, self.batch_size, after=previous)
+            )
+            if extra:
+                mismatches.append(f"{spec.label}: {extra} rows on the target that the source lacks")
+            self.report(f"verify {spec.label}: {rows_total} rows in {batches} batches")
+        if mismatches:
+            progress = {**self.job.progress, "dirty": True, "verify": mismatches}
+            self._save(
+                frozen=False, phase=Phase.PREPARED, progress=progress, error="; ".join(mismatches)
+            )
+            raise SplitError(
+                "Verification failed, nothing was cut over and the freeze is lifted:\n  "
+                + "\n  ".join(mismatches)
+                + "\nRun again with --resume to copy afresh, or --abort."
+            )
+        self._advance(Phase.VERIFIED)
+
+    def cutover(self) -> None:
+        catalog = _catalog()
+        with transaction.atomic(using=catalog):
+            job = SplitJob.objects.using(catalog).select_for_update().get(pk=self.job.pk)
+            if job.phase != Phase.VERIFIED:  # another runner got here first
+                self.job = job
+                return
+            current = registry.refresh(self.group)
+            shards = [Shard.from_dict(s) for s in self.job.new_shards]
+            frozen_at = self.job.progress.get("frozen_at")
+            progress = {
+                **self.job.progress,
+                "frozen_seconds": None if frozen_at is None else time.time() - frozen_at,
+            }
+            ShardMapVersion.objects.using(catalog).create(
+                group=self.group,
+                version=current.version + 1,
+                strategy=get_config().groups[self.group].strategy,
+                shards=[s.as_dict() for s in shards],
+                layout=self.new_layout.to_json(),
+                note=f"split {self.job.source} -> {self.target.name}",
+            )
+            self._save(phase=Phase.CUT_OVER, frozen=False, progress=progress, error="")
+        registry.reset_group(self.group)
+        self.report(
+            f"phase: cut_over (map version {current.version + 1}; moving keys were frozen "
+            f"{progress['frozen_seconds'] or 0:.2f}s)"
+        )
+
+    def cleanup(self) -> None:
+        if not self.job.progress.get("cleanup_waited"):
+            self.wait_lease("so no process still reads the moved keys on the source", self.report)
+            self._save(progress={**self.job.progress, "cleanup_waited": True})
+        conn = connections[self.source_alias]
+        q = conn.ops.quote_name
+        for spec in reversed(self.tables):  # children before parents
+            pk_index = spec.columns.index(spec.pk_column)
+            deleted = self.job.progress.get("cleanup", {}).get(spec.label, 0)
+            for rows in iter_rows(self.source_alias, spec, self.batch_size):
+                pks = [r[pk_index] for r in rows if self.moves(r[spec.key_index], spec)]
+                if pks:
+                    with conn.cursor() as cursor:
+                        cursor.execute(
+                            f"DELETE FROM {q(spec.table)} WHERE {q(spec.pk_column)} IN "
+                            f"({', '.join(['%s'] * len(pks))})",
+                            pks,
+                        )
+                    deleted += len(pks)
+                    cleanup = {**self.job.progress.get("cleanup", {}), spec.label: deleted}
+                    self._save(progress={**self.job.progress, "cleanup": cleanup})
+                    self.report(f"clean-up {spec.label}: {deleted} rows deleted from the source")
+                    self._pause()
+        self._advance(Phase.CLEANED)
+
+    def finish(self) -> None:
+        self._advance(Phase.DONE)
+
+
+def abort(job: SplitJob, report: Report = print) -> SplitJob:
+    """Undo a split that has not cut over: lift the freeze, empty the target, forget it."""
+    if job.phase not in (Phase.PLANNED, Phase.PREPARED, Phase.FROZEN, Phase.COPIED, Phase.VERIFIED):
+        raise SplitError(
+            f"The split {job.source} -> {job.target} of group {job.group!r} has already cut "
+            f"over (phase {job.phase}); it cannot be aborted. Finish it with --resume."
+        )
+    catalog = _catalog()
+    SplitJob.objects.using(catalog).filter(pk=job.pk).update(frozen=False)
+    registry.reset_group(job.group)
+    current = registry.refresh(job.group)
+    if job.target in current.shards:
+        target = current.shards[job.target]
+        conn = connections[target.primary]
+        try:
+            with conn.cursor() as cursor:
+                for spec in reversed(group_tables(job.group)):
+                    cursor.execute(f"DELETE FROM {conn.ops.quote_name(spec.table)}")
+        except Exception as exc:  # noqa: BLE001 - tables may not exist yet
+            report(f"(target tables not emptied: {exc})")
+        write_version(
+            job.group,
+            [s for s in current.shards.values() if s.name != job.target],
+            current.layout,
+            note=f"split {job.source} -> {job.target} aborted",
+        )
+    job.phase = Phase.ABORTED
+    job.frozen = False
+    job.save(using=catalog, update_fields=["phase", "frozen", "updated"])
+    report(f"split {job.source} -> {job.target} of group {job.group!r} aborted")
+    return job
+
+
+def at_of(job: SplitJob) -> Any:
+    return decode_bound(job.at) if job.at is not None else None
