@@ -87,6 +87,22 @@ else:
         DATABASES[f"s{i}_r1"] = {**_sqlite(f"s{i}"), "TEST": {"MIRROR": f"s{i}"}}
 
 
+# A subprocess started by a test (a split killed with SIGKILL, a "fresh process") must see
+# the test run's databases: SHARDS_USE_TEST_DATABASES=1 makes each alias use its test
+# database as its real one (pass SHARDS_SQLITE_DIR / SHARDS_TEST_SUFFIX along as well).
+if env.bool("SHARDS_USE_TEST_DATABASES", default=False):
+    for _alias, _cfg in DATABASES.items():
+        _test = _cfg.get("TEST", {})
+        if "MIRROR" in _test:
+            _cfg["NAME"] = DATABASES[_test["MIRROR"]]["NAME"]
+        else:
+            _cfg["NAME"] = _test.get("NAME") or f"test_{_cfg['NAME']}"
+        _cfg["TEST"] = {}
+    for _alias, _cfg in DATABASES.items():  # mirrors again, now that primaries are renamed
+        if _alias.endswith("_r1"):
+            _cfg["NAME"] = DATABASES[_alias[: -len("_r1")]]["NAME"]
+
+
 def _shards(*indexes, ranges=None):
     out = []
     for n, i in enumerate(indexes):
