@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.db import OperationalError
+
 
 class ShardingError(Exception):
     """Base class of every django_shards error."""
@@ -15,8 +17,8 @@ class NoShardForKey(ShardingError, LookupError):
     """The key falls outside every shard's range."""
 
 
-class ShardUnavailable(ShardingError):
-    """A shard's primary cannot be reached."""
+class ShardUnavailable(ShardingError, OperationalError):
+    """A shard's primary cannot be reached (also an ``OperationalError``, as before)."""
 
 
 class ShardMoving(ShardingError):

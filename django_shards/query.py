@@ -32,10 +32,16 @@ from django.db.models.sql.where import AND, NothingNode, WhereNode
 from django_shards import merge
 from django_shards.conf import Shard, get_config
 from django_shards.context import validate_level
-from django_shards.exceptions import NoShardForKey, ShardingError, ShardKeyRequired, ShardMoving
+from django_shards.exceptions import (
+    NoShardForKey,
+    ShardingError,
+    ShardKeyRequired,
+    ShardMoving,
+    ShardUnavailable,
+)
 from django_shards.fanout import FanoutResult, collect, get_executor
 from django_shards.keys import ShardKey, key_for_model
-from django_shards.replicas import is_connection_error, pool
+from django_shards.replicas import is_connection_error, pool, primary_errors
 from django_shards.routing import note_write, read_alias, write_alias, write_shard
 from django_shards.shardmap import ShardMap, get_map
 
@@ -510,12 +516,11 @@ class ShardedQuerySet(models.QuerySet):
                 result = run()
             except (OperationalError, InterfaceError) as exc:
                 alias = self._routed_alias
-                if (
-                    alias is None
-                    or attempt == READ_ATTEMPTS - 1
-                    or not self._is_replica(alias)
-                    or not is_connection_error(exc)
-                ):
+                if alias is not None and not self._is_replica(alias) and is_connection_error(exc):
+                    raise ShardUnavailable(
+                        f"The primary {alias!r} of a shard is unreachable: {exc}"
+                    ) from exc
+                if alias is None or attempt == READ_ATTEMPTS - 1 or not is_connection_error(exc):
                     raise
                 pool.mark_down(alias, exc)
                 continue
@@ -647,7 +652,8 @@ class ShardedQuerySet(models.QuerySet):
         shards = self._fanout_shards()
         if shards is None:
             alias = self._write_alias_single()
-            deleted = super().delete()
+            with primary_errors(alias):
+                deleted = super().delete()
             self._after_write(alias)
             return deleted
         base = self._chain()
@@ -682,7 +688,8 @@ class ShardedQuerySet(models.QuerySet):
         shards = self._fanout_shards()
         if shards is None:
             alias = self._write_alias_single()
-            rows = super().update(**kwargs)
+            with primary_errors(alias):
+                rows = super().update(**kwargs)
             self._after_write(alias)
             return rows
         base = self._chain()
@@ -710,10 +717,19 @@ class ShardedQuerySet(models.QuerySet):
                 f"{self.model._meta.label} has no shard key yet ({sk.field_name!r} is unset), "
                 "so it cannot be routed; set the key before saving."
             )
-        return super()._insert(objs, *args, **kwargs)
+        with primary_errors(using):
+            return super()._insert(objs, *args, **kwargs)
 
     _insert.alters_data = True  # type: ignore[attr-defined]
     _insert.queryset_only = False  # type: ignore[attr-defined]  (managers need it: save())
+
+    def _update(self, values: Any) -> Any:
+        """``save()`` of an existing row runs this on the owner's primary (``using()``)."""
+        with primary_errors(self._db):
+            return super()._update(values)
+
+    _update.alters_data = True  # type: ignore[attr-defined]
+    _update.queryset_only = False  # type: ignore[attr-defined]
 
     def create(self, **kwargs: Any) -> models.Model:
         """Create on the primary of the shard that owns the new row's key."""

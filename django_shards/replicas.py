@@ -7,16 +7,18 @@ replicas: ``round_robin``, ``random`` or ``fastest`` (lowest observed latency).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from django.db import InterfaceError, OperationalError, connections
 
 from django_shards.conf import Shard, get_config
+from django_shards.exceptions import ShardUnavailable
 from django_shards.health import monitor
 
 logger = logging.getLogger("django_shards.replicas")
@@ -70,6 +72,17 @@ def is_connection_error(exc: BaseException) -> bool:
         marker in text
         for marker in ("unable to open", "disk i/o", "connection", "not a database", "timed out")
     )
+
+
+@contextlib.contextmanager
+def primary_errors(alias: str | None) -> Iterator[None]:
+    """Turn "cannot reach the server" on a shard primary into ``ShardUnavailable``."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        if alias is None or isinstance(exc, ShardUnavailable) or not is_connection_error(exc):
+            raise
+        raise ShardUnavailable(f"The primary {alias!r} of a shard is unreachable: {exc}") from exc
 
 
 class ReplicaPool:

@@ -198,3 +198,33 @@ def django_shards_settings():
     from django.conf import settings
 
     return dict(settings.DJANGO_SHARDS)
+
+
+def test_unreachable_primary_raises_shard_unavailable_naming_it():
+    from django.db import OperationalError
+
+    from django_shards.exceptions import ShardUnavailable
+
+    a, shard = committed_author()
+    conn = connections[shard.primary]
+    saved = dict(conn.settings_dict)
+    conn.close()
+    if MARIADB:
+        conn.settings_dict["PORT"] = 1
+    else:
+        conn.settings_dict["NAME"] = "/nonexistent-dir/primary.sqlite3"
+    try:
+        with pytest.raises(ShardUnavailable, match=repr(shard.primary)) as info:
+            Author.objects.strong().get(pk=a.pk)
+        assert isinstance(info.value, OperationalError)  # code catching it before still does
+        new_id = next(i for i in range(a.pk + 1, a.pk + 1000) if shard_for(Author, i) == shard)
+        with pytest.raises(ShardUnavailable):
+            Author.objects.create(id=new_id, email="new@x.org")
+        with pytest.raises(ShardUnavailable):
+            Author.objects.filter(pk=a.pk).update(name="x")
+        # eventual reads still answer from the replica
+        assert Author.objects.eventual().get(pk=a.pk).email == "c@x.org"
+    finally:
+        conn.close()
+        conn.settings_dict.clear()
+        conn.settings_dict.update(saved)
