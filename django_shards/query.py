@@ -13,10 +13,11 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from django.db import (
+    DatabaseError,
     IntegrityError,
     InterfaceError,
     NotSupportedError,
@@ -33,6 +34,7 @@ from django_shards import merge
 from django_shards.conf import Shard, get_config
 from django_shards.context import validate_level
 from django_shards.exceptions import (
+    FanoutError,
     NoShardForKey,
     ShardingError,
     ShardKeyRequired,
@@ -133,6 +135,36 @@ def shards_from_where(
     return None
 
 
+def _subqueries(node: Any) -> Iterator[Any]:
+    """Every ``Query`` nested in a WHERE tree (``__in=queryset``, ``Exists``, ``Subquery``)."""
+    from django.db.models.sql.query import Query
+
+    if isinstance(node, Query):
+        yield node
+        yield from _subqueries(node.where)
+        return
+    if isinstance(node, WhereNode):
+        for child in node.children:
+            yield from _subqueries(child)
+        return
+    query = getattr(node, "query", None)
+    if isinstance(query, Query):
+        yield from _subqueries(query)
+    if hasattr(node, "get_source_expressions"):
+        for expr in node.get_source_expressions():
+            if expr is not None:
+                yield from _subqueries(expr)
+    rhs = getattr(node, "rhs", None)
+    if rhs is not None and hasattr(rhs, "resolve_expression"):
+        yield from _subqueries(rhs)
+
+
+def _base_alias(query: Any) -> str | None:
+    """The alias of the query's own table (``Query.base_table`` would cache None on a query
+    that has no table yet, e.g. ``none()``)."""
+    return next(iter(query.alias_map), None)
+
+
 def keys_from_where(node: Any, base_alias: str | None, sk: ShardKey) -> set[Any] | None:
     """The key values an AND-ed WHERE tree names with ``=``/``IN``, or None if it names none."""
     if isinstance(node, WhereNode):
@@ -217,7 +249,7 @@ class ShardedQuerySet(models.QuerySet):
         if self._pinned_key is not _UNSET:
             return [shard_map.shard_for_key(sk.normalize(self._pinned_key))]
         query = self.query
-        names = shards_from_where(query.where, query.base_table, sk, shard_map)
+        names = shards_from_where(query.where, _base_alias(query), sk, shard_map)
         owners = shard_map.owning_shards
         if names is None:
             return owners
@@ -258,7 +290,8 @@ class ShardedQuerySet(models.QuerySet):
         shards = self._target_shards()
         if len(shards) <= 1:
             return None
-        if not self._fanout:
+        self._check_mergeable()
+        if not self._fanout and not self._names_keys():
             mode = get_config().fanout
             if mode == "deny":
                 sk = self._shard_key
@@ -277,6 +310,31 @@ class ShardedQuerySet(models.QuerySet):
                     self.query.where,
                 )
         return shards
+
+    def _names_keys(self) -> bool:
+        """True when the filters name shard keys (``author_id__in=[...]``): not a query
+        "without a key", even when the keys live on several shards."""
+        sk = self._shard_key
+        assert sk is not None
+        query = self.query
+        return shards_from_where(query.where, _base_alias(query), sk, self._shard_map()) is not None
+
+    def _check_mergeable(self) -> None:
+        """Refuse fan-outs whose per-shard answers cannot be merged into the right one."""
+        query = self.query
+        if any(getattr(a, "contains_over_clause", False) for a in query.annotations.values()):
+            raise NotSupportedError(
+                "Window functions are computed per shard and cannot be merged across shards; "
+                "name the shard key or use on_shard()."
+            )
+        for sub in _subqueries(query.where):
+            sk = key_for_model(sub.model) if sub.model is not None else None
+            if sk is not None and not sub.external_aliases:
+                raise NotSupportedError(
+                    f"A subquery over the sharded model {sub.model._meta.label} would run "
+                    "inside each shard and see only that shard's rows; evaluate it first "
+                    "(e.g. list(...values_list(...))) and filter on the values."
+                )
 
     def _run_fanout(
         self, shards: list[Shard], task: Any, *, what: str, writes: bool = False
@@ -303,8 +361,12 @@ class ShardedQuerySet(models.QuerySet):
 
     def _fanout_fetch(self, shards: list[Shard]) -> list[Any]:
         if self.query.combinator:
+            per_shard = self._chain()  # each shard returns its first offset+limit rows
+            per_shard.query.clear_limits()
+            if self.query.high_mark is not None:
+                per_shard.query.set_limits(0, self.query.high_mark)
             results = self._run_fanout(
-                shards, lambda alias: list(self.using(alias)), what=self._what("union")
+                shards, lambda alias: list(per_shard.using(alias)), what=self._what("union")
             )
             return merge.merge_combined(self, [(r.alias, r.value) for r in results])
         if self._is_values_grouped():
@@ -349,7 +411,8 @@ class ShardedQuerySet(models.QuerySet):
             except (AttributeError, TypeError):
                 raise TypeError("Complex aggregates require an alias") from None
         query = self.query
-        if query.is_sliced or query.combinator or query.distinct or merge.is_grouped(query):
+        grouped = merge.is_grouped(query) and not merge.groups_are_complete(self)
+        if query.is_sliced or query.combinator or query.distinct or grouped:
             raise NotSupportedError(
                 "aggregate() over a sliced, distinct, grouped or combined queryset cannot be "
                 "merged across shards; aggregate each shard with on_shard()."
@@ -370,10 +433,14 @@ class ShardedQuerySet(models.QuerySet):
             return answer, values
 
         results = self._run_fanout(shards, task, what=self._what("aggregate"))
+        fold = merge.folder(results[0].alias) if results else (lambda v: v)
         distinct = {
-            name: set().union(*(r.value[1][name] for r in results)) for name in plan.distinct
+            name: {fold(v) for r in results for v in r.value[1][name]} for name in plan.distinct
         }
-        return merge.combine_aggregates(plan, [r.value[0] for r in results], distinct)
+        answer = merge.combine_aggregates(plan, [r.value[0] for r in results], distinct, fold)
+        if results:
+            merge.round_averages_like_backend(self, aggregates, answer, results[0].alias)
+        return answer
 
     def _fanout_iterator(self, shards: list[Shard], chunk_size: int) -> Any:
         query = self.query
@@ -387,13 +454,11 @@ class ShardedQuerySet(models.QuerySet):
             yield from self._fanout_fetch(shards)
             return
         keyset = not plan_ordering
-        ordered = (
-            self.order_by("pk")
-            if keyset
-            else self.order_by(*query.order_by or query.get_meta().ordering, "pk")
+        # order_by() keeps reverse(): the pk tie-break (and keyset direction) follows it
+        ordered = self.order_by(
+            *(() if keyset else query.order_by or query.get_meta().ordering), "pk"
         )
-        if not query.standard_ordering and not keyset:
-            ordered = ordered.reverse()
+        descending_pk = not query.standard_ordering
         shard_qs, plan = merge.per_shard_rows(ordered)
         shard_qs._prefetch_related_lookups = ()
         kind, ordering, names = plan
@@ -406,31 +471,54 @@ class ShardedQuerySet(models.QuerySet):
             )
             for s in shards
         ]
+        self.missing_shards = []
 
-        def pages(alias: str) -> Any:
+        def pages(shard: Shard, alias: str) -> Any:
             sort_key = merge.SortKey(ordering, alias)
             offset, last_pk = 0, None
             while True:
                 page_qs = shard_qs.using(alias)
-                if keyset:
-                    if last_pk is not None:
-                        page_qs = page_qs.filter(pk__gt=last_pk)
-                    rows = list(page_qs[:chunk_size])
-                else:
-                    rows = list(page_qs[offset : offset + chunk_size])
-                    offset += chunk_size
+                try:
+                    if keyset:
+                        if last_pk is not None:
+                            lookup = "pk__lt" if descending_pk else "pk__gt"
+                            page_qs = page_qs.filter(**{lookup: last_pk})
+                        rows = list(page_qs[:chunk_size])
+                    else:
+                        rows = list(page_qs[offset : offset + chunk_size])
+                        offset += chunk_size
+                except DatabaseError as exc:
+                    if not self._allow_partial:
+                        raise FanoutError(
+                            f"{self._what('iterator')} failed on shard {shard.name!r} "
+                            f"({alias}): {exc}. Use .allow_partial() to accept answers from "
+                            "the other shards."
+                        ) from exc
+                    self.missing_shards.append(shard.name)
+                    return
                 for row in rows:
                     values, clean = merge.split_order_values(row, kind, names)
                     last_pk = values[-1]
-                    yield sort_key(values), clean
+                    yield sort_key(values), tuple(values), clean
                 if len(rows) < chunk_size:
                     return
 
-        merged = (
-            row for _, row in heapq.merge(*(pages(a) for _, a in targets), key=lambda p: p[0])
-        )
+        streams = heapq.merge(*(pages(s, a) for s, a in targets), key=lambda t: t[0])
         if query.distinct and kind != "models":
-            merged = merge._dedupe(merged, kind)
+            fold = merge.folder(targets[0][1])
+            seen: set[Any] = set()
+
+            def unique() -> Any:
+                for _, values, row in streams:
+                    body = tuple(row.values()) if isinstance(row, dict) else row
+                    marker = fold((values[:-1], body if isinstance(body, tuple) else (body,)))
+                    if marker not in seen:
+                        seen.add(marker)
+                        yield row
+
+            merged = unique()
+        else:
+            merged = (row for _, _, row in streams)
         rows = merge._finish_rows(self, kind, merged)
         if not self._prefetch_related_lookups:
             yield from rows
@@ -620,7 +708,7 @@ class ShardedQuerySet(models.QuerySet):
         frozen = {f.source for f in shard_map.freezes} & {s.name for s in shards}
         if not frozen:
             return
-        keys = keys_from_where(self.query.where, self.query.base_table, sk)
+        keys = keys_from_where(self.query.where, _base_alias(self.query), sk)
         if keys is None:
             raise ShardMoving(
                 f"Shard(s) {', '.join(sorted(frozen))} of group {sk.group!r} are cutting over "

@@ -3,5 +3,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("shards/", include("django_shards.urls")),
     path("", include("social.urls")),
 ]
