@@ -11,7 +11,7 @@ MARIADB_DIR ?= /tmp/django_shards_mariadb
 export SHARDS_MARIADB_DIR := $(MARIADB_DIR)
 TOX_ENVS ?= py311-django52-sqlite,py311-django52-mariadb,py312-django61-sqlite,py312-django61-mariadb
 
-.PHONY: venv demo test test-sqlite test-fast mariadb-up mariadb-down lint bench clean
+.PHONY: venv demo test test-fast browser mariadb-up mariadb-down lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -30,7 +30,13 @@ mariadb-up:
 mariadb-down:
 	scripts/mariadb-topology down
 
-test: venv mariadb-up
+# the status page test renders the page in Debian's headless Chromium
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (apt-get install chromium) for the browser test"; fi; }
+
+test: venv mariadb-up browser
 	source $(MARIADB_DIR)/env && PATH="$(PY312_BIN):$$PATH" $(BIN)/tox run -e $(TOX_ENVS)
 
 # quick loop while developing: the current venv, SQLite only
