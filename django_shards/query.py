@@ -249,7 +249,9 @@ class ShardedQuerySet(models.QuerySet):
         if self._pinned_key is not _UNSET:
             return [shard_map.shard_for_key(sk.normalize(self._pinned_key))]
         query = self.query
-        names = shards_from_where(query.where, _base_alias(query), sk, shard_map)
+        parts = query.combined_queries if query.combinator else (query,)
+        found = [shards_from_where(q.where, _base_alias(q), sk, shard_map) for q in parts]
+        names = None if any(n is None for n in found) else set().union(*found)
         owners = shard_map.owning_shards
         if names is None:
             return owners
@@ -667,6 +669,26 @@ class ShardedQuerySet(models.QuerySet):
         """Like ``QuerySet.in_bulk``; ids of several shards are looked up on each of them."""
         if not self._routes_itself:
             return super().in_bulk(id_list, field_name=field_name)
+        # Django's own argument checks first, with its messages
+        if self.query.is_sliced:
+            raise TypeError("Cannot use 'limit' or 'offset' with in_bulk().")
+        if not issubclass(self._iterable_class, ModelIterable):
+            raise TypeError("in_bulk() cannot be used with values() or values_list().")
+        opts = self.model._meta
+        unique_fields = [
+            c.fields[0]
+            for c in opts.total_unique_constraints
+            if len(c.fields) == 1 and c.condition is None
+        ]
+        if (
+            field_name != "pk"
+            and not opts.get_field(field_name).unique
+            and field_name not in unique_fields
+            and self.query.distinct_fields != (field_name,)
+        ):
+            raise ValueError(
+                f"in_bulk()'s field_name must be a unique field but {field_name!r} isn't."
+            )
         if id_list is not None:
             id_list = list(id_list)
             if not id_list:
@@ -836,11 +858,11 @@ class ShardedQuerySet(models.QuerySet):
 
     def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
         """Rows are grouped by shard; one batch per shard (not atomic across shards)."""
-        if not self._routes_itself:
+        objs = list(objs)
+        if not self._routes_itself or not objs:  # nothing to route: Django checks the arguments
             created = super().bulk_create(objs, *args, **kwargs)
             self._after_write(self._db)
             return created
-        objs = list(objs)
         for alias, rows in self._by_shard(objs).items():
             self.using(alias).bulk_create(rows, *args, **kwargs)
         return objs
@@ -848,7 +870,8 @@ class ShardedQuerySet(models.QuerySet):
     def bulk_update(
         self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any
     ) -> int:
-        if not self._routes_itself:
+        objs = list(objs)
+        if not self._routes_itself or not objs:
             rows = super().bulk_update(objs, fields, *args, **kwargs)
             self._after_write(self._db)
             return rows

@@ -168,14 +168,26 @@ class MapRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._refreshing: dict[str, threading.Lock] = {}
         self._maps: dict[str, tuple[ShardMap, float]] = {}
 
     def get(self, group: str) -> ShardMap:
-        """The current map of ``group`` (re-read from the catalog once the lease is over)."""
+        """The current map of ``group`` (re-read from the catalog once the lease is over).
+
+        One thread re-reads an expired map; the others keep using it for the few
+        milliseconds that takes (the split's lease waits include a margin for this).
+        """
         entry = self._maps.get(group)
         if entry is not None and time.monotonic() - entry[1] < get_config().map_lease_seconds:
             return entry[0]
-        return self.refresh(group)
+        refreshing = self._refreshing.setdefault(group, threading.Lock())
+        if entry is not None and not refreshing.acquire(blocking=False):
+            return entry[0]
+        try:
+            return self.refresh(group)
+        finally:
+            if entry is not None:
+                refreshing.release()
 
     def refresh(self, group: str) -> ShardMap:
         """Re-read ``group``'s map now and restart its lease."""
