@@ -18,12 +18,7 @@ from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    connections,
-)
+from django.db import DatabaseError, connections
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import FanoutError
@@ -121,13 +116,16 @@ def _run_one(
         while True:
             try:
                 value = task(alias)
-            except (OperationalError, InterfaceError) as exc:
-                if alias == shard.primary or not is_connection_error(exc):
+            except DatabaseError as exc:
+                if alias == shard.primary:
                     raise
-                pool.mark_down(alias, exc)  # a replica failed: the primary answers
-                alias = shard.primary
+                replica, alias = alias, shard.primary  # a replica failed: the primary answers
                 used.add(alias)
-                continue
+                if is_connection_error(exc):
+                    pool.mark_down(replica, exc)
+                    continue
+                value = task(alias)  # raises if the error is the query's, not the replica's
+                pool.mark_down(replica, exc)
             if alias != shard.primary:
                 pool.observe(alias, time.perf_counter() - started)
             return FanoutResult(shard, alias, value, None, time.perf_counter() - started)

@@ -19,9 +19,7 @@ from typing import Any, TypeVar
 from django.db import (
     DatabaseError,
     IntegrityError,
-    InterfaceError,
     NotSupportedError,
-    OperationalError,
     models,
     transaction,
 )
@@ -199,6 +197,7 @@ class ShardedQuerySet(models.QuerySet):
         self._fanout: bool = False
         self._allow_partial: bool = False
         self._routed_alias: str | None = None
+        self._force_primary = False
         #: shards left out of the last fan-out of this queryset (with allow_partial())
         self.missing_shards: list[str] = []
 
@@ -541,7 +540,7 @@ class ShardedQuerySet(models.QuerySet):
         if not self._routes_itself:
             return super().db
         shard = self._single_shard()
-        if self._for_write:
+        if self._for_write or self._force_primary:
             alias = write_alias(shard, pin=False)
         else:
             alias = read_alias(shard, self._consistency)
@@ -597,6 +596,13 @@ class ShardedQuerySet(models.QuerySet):
     # -- reads that survive a replica failing ---------------------------------------
 
     def _read(self, run: Callable[[], T]) -> T:
+        """Run a read; a replica that fails is skipped and the read retried, invisibly.
+
+        A connection failure marks the replica down and retries on another replica or the
+        primary. Any other error on a replica is retried on the primary: if the primary
+        fails too, the error is the query's and is raised; if it answers, the replica was
+        broken and is marked down.
+        """
         if self._for_write or not self._routes_itself:
             return run()
         for attempt in range(READ_ATTEMPTS):
@@ -604,16 +610,26 @@ class ShardedQuerySet(models.QuerySet):
             started = time.perf_counter()
             try:
                 result = run()
-            except (OperationalError, InterfaceError) as exc:
+            except DatabaseError as exc:
                 alias = self._routed_alias
-                if alias is not None and not self._is_replica(alias) and is_connection_error(exc):
-                    raise ShardUnavailable(
-                        f"The primary {alias!r} of a shard is unreachable: {exc}"
-                    ) from exc
-                if alias is None or attempt == READ_ATTEMPTS - 1 or not is_connection_error(exc):
+                if alias is None or not self._is_replica(alias):
+                    if alias is not None and is_connection_error(exc):
+                        raise ShardUnavailable(
+                            f"The primary {alias!r} of a shard is unreachable: {exc}"
+                        ) from exc
                     raise
-                pool.mark_down(alias, exc)
-                continue
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                if is_connection_error(exc):
+                    pool.mark_down(alias, exc)
+                    continue
+                self._force_primary = True
+                try:
+                    result = run()
+                finally:
+                    self._force_primary = False
+                pool.mark_down(alias, exc)  # the primary answered: the replica is broken
+                return result
             alias = self._routed_alias
             if alias is not None and self._is_replica(alias):
                 pool.observe(alias, time.perf_counter() - started)

@@ -199,8 +199,10 @@ class MapRegistry:
             raise ShardingError(
                 f"Unknown shard group {group!r} (DJANGO_SHARDS GROUPS: {known})."
             ) from None
-        row = _latest_row(group)
+        # freezes first: a cutover committing between the two reads then leaves a stale
+        # freeze on the new map (writes wait a lease), never the old map without its freeze
         jobs = _frozen_jobs(group)
+        row = _latest_row(group)
         with self._lock:
             current = self._maps.get(group)
             if row is None:

@@ -16,6 +16,7 @@ from django.db import connections, models
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import NoShardForKey, SplitError
+from django_shards.health import probe
 from django_shards.keys import ShardKey, sharded_models
 from django_shards.shardmap import ShardMap, get_map
 from django_shards.strategies.base import Layout
@@ -183,6 +184,26 @@ def median_key(plan_base: ShardMap, source: str, tables: list[TableSpec]) -> Any
     return values[count // 2]
 
 
+def _check_target_empty(alias: str, tables: list[TableSpec]) -> None:
+    """The new primary must not hold rows of the group already (a split never overwrites)."""
+    conn = connections[alias]
+    try:
+        with conn.cursor() as cursor:
+            existing = set(conn.introspection.table_names(cursor))
+            for spec in tables:
+                if spec.table in existing:
+                    cursor.execute(f"SELECT 1 FROM {conn.ops.quote_name(spec.table)} LIMIT 1")
+                    if cursor.fetchone():
+                        raise SplitError(
+                            f"Alias {alias!r} already holds rows in {spec.table}; a split's "
+                            "new primary must be empty."
+                        )
+    except SplitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreachable database is a clear error too
+        raise SplitError(f"Cannot reach the new primary {alias!r}: {exc}") from exc
+
+
 def plan_split(
     group: str,
     source: str,
@@ -216,7 +237,20 @@ def plan_split(
             raise SplitError(f"Alias {alias!r} is already in use by shard {used[alias]}.")
     if primary == config.catalog:
         raise SplitError(f"Alias {primary!r} is the catalog; use a database of its own.")
+    for replica in replicas:
+        mirror = (settings.DATABASES[replica].get("TEST") or {}).get("MIRROR")
+        if mirror != primary:
+            raise SplitError(
+                f"Replica {replica!r} does not replicate {primary!r}: its TEST['MIRROR'] is "
+                f"{mirror!r} (check django_shards.E007)."
+            )
+        health = probe(replica, "replica")
+        if not health.healthy:
+            raise SplitError(
+                f"Replica {replica!r} of the new shard is not usable: {health.problem}."
+            )
     tables = group_tables(group)
+    _check_target_empty(primary, tables)
     strategy = base.strategy
     if strategy.name == "range":
         if at is None:

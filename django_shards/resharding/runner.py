@@ -31,6 +31,7 @@ from typing import Any
 from django.core.management import call_command
 from django.db import connections, transaction
 from django.db.models.constants import OnConflict
+from django.utils import timezone
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import SplitError
@@ -109,9 +110,23 @@ class SplitRunner:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _save(self, **fields: Any) -> None:
+        """Record ``fields`` on the job, only if it is still in the phase this runner holds:
+        a split aborted (or advanced) by another process stops here."""
+        expected = self.job.phase
+        fields["updated"] = timezone.now()
+        changed = (
+            SplitJob.objects.using(_catalog())
+            .filter(pk=self.job.pk, phase=expected)
+            .update(**fields)
+        )
+        if not changed:
+            current = SplitJob.objects.using(_catalog()).get(pk=self.job.pk)
+            raise SplitError(
+                f"The split {self.job.source} -> {self.job.target} was changed elsewhere "
+                f"(now phase {current.phase}, expected {expected}); this run stops."
+            )
         for name, value in fields.items():
             setattr(self.job, name, value)
-        self.job.save(using=_catalog(), update_fields=[*fields, "updated"])
 
     def _advance(self, phase: str) -> None:
         self._save(phase=phase)
@@ -342,14 +357,25 @@ class SplitRunner:
 
 
 def abort(job: SplitJob, report: Report = print) -> SplitJob:
-    """Undo a split that has not cut over: lift the freeze, empty the target, forget it."""
-    if job.phase not in (Phase.PLANNED, Phase.PREPARED, Phase.FROZEN, Phase.COPIED, Phase.VERIFIED):
+    """Undo a split that has not cut over: lift the freeze, empty the target, forget it.
+
+    The phase changes to ``aborted`` in one conditional update, so a runner still working
+    on the split elsewhere stops at its next step, and a cutover cannot slip in between.
+    """
+    catalog = _catalog()
+    before_cutover = (Phase.PLANNED, Phase.PREPARED, Phase.FROZEN, Phase.COPIED, Phase.VERIFIED)
+    with transaction.atomic(using=catalog):
+        changed = (
+            SplitJob.objects.using(catalog)
+            .filter(pk=job.pk, phase__in=before_cutover)
+            .update(phase=Phase.ABORTED, frozen=False, updated=timezone.now())
+        )
+    if not changed:
+        job.refresh_from_db(using=catalog)
         raise SplitError(
             f"The split {job.source} -> {job.target} of group {job.group!r} has already cut "
             f"over (phase {job.phase}); it cannot be aborted. Finish it with --resume."
         )
-    catalog = _catalog()
-    SplitJob.objects.using(catalog).filter(pk=job.pk).update(frozen=False)
     registry.reset_group(job.group)
     current = registry.refresh(job.group)
     if job.target in current.shards:
@@ -367,9 +393,7 @@ def abort(job: SplitJob, report: Report = print) -> SplitJob:
             current.layout,
             note=f"split {job.source} -> {job.target} aborted",
         )
-    job.phase = Phase.ABORTED
-    job.frozen = False
-    job.save(using=catalog, update_fields=["phase", "frozen", "updated"])
+    job.refresh_from_db(using=catalog)
     report(f"split {job.source} -> {job.target} of group {job.group!r} aborted")
     return job
 

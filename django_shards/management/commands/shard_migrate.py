@@ -116,16 +116,24 @@ class Command(ShardsCommand):
         if not total:
             self.stdout.write("No shard primaries to migrate.")
             return
+        catalog = get_config().catalog
         self.stdout.write(
             f"Migrating {total} shard primar{'y' if total == 1 else 'ies'} "
-            f"({', '.join(aliases)}); not the catalog ({get_config().catalog})."
+            f"({', '.join(aliases)}); "
+            + (
+                f"the catalog ({catalog}) is one of them."
+                if catalog in aliases
+                else f"not the catalog ({catalog})."
+            )
         )
         # Django builds this model class lazily on first use; build it once here rather
         # than racing to build it in every worker.
         MigrationRecorder.Migration  # noqa: B018
-        # Each worker runs the whole migrate command. Its database work uses the worker's
-        # own connection; what it shares with the others (the migration modules, the apps
-        # registry) it only reads. Tested in parallel on SQLite and MariaDB.
+        # Each worker runs the whole migrate command on its own connection. What workers
+        # share they only read (the apps registry, the migration modules), except that each
+        # MigrationLoader re-runs every migrations package with importlib.reload(), which
+        # Python runs under that module's import lock. Stress-tested: six fresh primaries
+        # at once, 40 rounds on SQLite and 10 on MariaDB, with a 1 us thread switch interval.
         workers = max(1, min(total, get_config().fanout_workers))
         results: list[MigrateResult] = []
         with ThreadPoolExecutor(workers, thread_name_prefix="shard_migrate") as pool:
