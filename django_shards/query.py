@@ -119,7 +119,10 @@ def shards_from_where(
     if isinstance(node, WhereNode):
         if node.negated:
             return None
-        results = [shards_from_where(c, base_alias, sk, shard_map) for c in node.children]
+        children = node.children
+        if len(children) == 1 and isinstance(children[0], lookups.Lookup):  # get(pk=...)
+            return _shards_from_lookup(children[0], base_alias, sk, shard_map)
+        results = [shards_from_where(c, base_alias, sk, shard_map) for c in children]
         if node.connector == AND:
             known = [r for r in results if r is not None]
             return set.intersection(*known) if known else None

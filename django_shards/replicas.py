@@ -93,6 +93,7 @@ class ReplicaPool:
         self._down_until: dict[str, float] = {}
         self._latency: dict[str, float] = {}
         self._turns: dict[str, itertools.count[int]] = {}
+        self._mysql: dict[str, bool] = {}
         #: extra predicates (e.g. lag checks) a replica must pass to be used
         self.usable_checks: list[Callable[[str], bool]] = []
 
@@ -129,15 +130,22 @@ class ReplicaPool:
         replicating, within ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second)."""
         if self.is_down(alias):
             return False
-        if not all(check(alias) for check in self.usable_checks):
+        if self.usable_checks and not all(check(alias) for check in self.usable_checks):
             return False
-        if connections[alias].vendor != "mysql":
+        if not self._is_mysql(alias):
             return True
         health = monitor.get(alias, "replica")
         if not health.reachable:
             self.mark_down(alias, health.error)
             return False
         return health.healthy
+
+    def _is_mysql(self, alias: str) -> bool:
+        """Whether ``alias`` is MySQL/MariaDB (whose replication the health checks read)."""
+        known = self._mysql.get(alias)
+        if known is None:
+            known = self._mysql[alias] = connections[alias].vendor == "mysql"
+        return known
 
     def ordered(self, shard: Shard) -> list[str]:
         """The shard's usable replicas, best first under ``REPLICA_SELECTION``."""
@@ -181,6 +189,7 @@ class ReplicaPool:
             self._down_until.clear()
             self._latency.clear()
             self._turns.clear()
+            self._mysql.clear()
         monitor.forget()
 
 

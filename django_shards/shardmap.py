@@ -79,7 +79,7 @@ class ShardMap:
         wanted = set(names)
         return [s for n, s in self.shards.items() if n in wanted]
 
-    @property
+    @cached_property
     def owning_shards(self) -> list[Shard]:
         """The shards that own part of the key space (what a fan-out visits)."""
         owners = set(self.layout.shard_names())

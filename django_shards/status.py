@@ -168,10 +168,14 @@ def median_key(shard_map: ShardMap, shard_name: str, sk: ShardKey) -> Any:
     return qs[count // 2]
 
 
-def _suggestion(group: str, shard_map: ShardMap, shard: str, keys: list[ShardKey]) -> str:
+def _suggestion(
+    group: str, shard_map: ShardMap, shard: str, keys: list[ShardKey], exact: bool
+) -> str:
+    if shard_map.strategy.name == "modulo":
+        return "modulo cannot split one shard: grow by doubling every shard (see W020)"
     base = f"manage.py shard_split {group} {shard} --to NEW --primary ALIAS"
-    if shard_map.strategy.name != "range" or not keys:
-        return base
+    if shard_map.strategy.name != "range" or not keys or not exact:
+        return base  # a range split without --at splits at the median key it finds
     try:
         at = median_key(shard_map, shard, keys[0])
     except DatabaseError:
@@ -185,6 +189,14 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
     from django_shards.models import SplitJob
 
     names = list(config.groups) if not groups else groups
+    probes: dict[tuple[str, str], AliasHealth] = {}
+
+    def _probe(alias: str, role: str) -> AliasHealth:
+        """Each alias is probed once per status, however many groups it serves."""
+        if (alias, role) not in probes:
+            probes[alias, role] = monitor.get(alias, role, max_age=0)
+        return probes[alias, role]
+
     by_group: dict[str, list[ShardKey]] = {}
     for sk in sharded_models():
         if sk.model._meta.proxy:
@@ -199,8 +211,8 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
         share = shard_map.strategy.share(shard_map.layout)
         shards = []
         for shard in shard_map.shards.values():
-            health = [monitor.get(shard.primary, "primary", max_age=0)]
-            health += [monitor.get(r, "replica", max_age=0) for r in shard.replicas]
+            health = [_probe(shard.primary, "primary")]
+            health += [_probe(r, "replica") for r in shard.replicas]
             rows: dict[str, int | None] = {}
             exact = True
             for sk in keys:
@@ -229,7 +241,7 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
             rows = s.total_rows or 0
             if not s.pending and mean and rows >= HOT_MIN_ROWS and rows > HOT_FACTOR * mean:
                 s.hot = True
-                s.suggestion = _suggestion(name, shard_map, s.name, keys)
+                s.suggestion = _suggestion(name, shard_map, s.name, keys, exact_counts)
         try:
             jobs = [
                 {

@@ -95,9 +95,10 @@ if env.bool("SHARDS_USE_TEST_DATABASES", default=False):
         _test = _cfg.get("TEST", {})
         if "MIRROR" in _test:
             _cfg["NAME"] = DATABASES[_test["MIRROR"]]["NAME"]
+            _cfg["TEST"] = {"MIRROR": _test["MIRROR"]}  # still says which primary it copies
         else:
             _cfg["NAME"] = _test.get("NAME") or f"test_{_cfg['NAME']}"
-        _cfg["TEST"] = {}
+            _cfg["TEST"] = {}
     for _alias, _cfg in DATABASES.items():  # mirrors again, now that primaries are renamed
         if _alias.endswith("_r1"):
             _cfg["NAME"] = DATABASES[_alias[: -len("_r1")]]["NAME"]
@@ -116,7 +117,11 @@ def _shards(*indexes, ranges=None):
 DJANGO_SHARDS = {
     "GROUPS": {
         # authors, their posts and follows: co-located by author
-        "users": {"STRATEGY": "consistent_hash", "OPTIONS": {"vnodes": 64}, "SHARDS": _shards(0, 1, 2, 3)},
+        "users": {
+            "STRATEGY": "consistent_hash",
+            "OPTIONS": {"vnodes": 64},
+            "SHARDS": _shards(0, 1, 2, 3),
+        },
         # events by account number: range scans prune
         "events": {
             "STRATEGY": "range",
