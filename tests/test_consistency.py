@@ -88,7 +88,9 @@ def test_unknown_consistency_level_is_a_clear_error():
 
 def test_read_consistency_setting_strong_sends_default_reads_to_primaries():
     a, shard = committed_author()
-    with override_settings(DJANGO_SHARDS={**django_shards_settings(), "READ_CONSISTENCY": "strong"}):
+    with override_settings(
+        DJANGO_SHARDS={**django_shards_settings(), "READ_CONSISTENCY": "strong"}
+    ):
         assert Author.objects.get(pk=a.pk)._state.db == shard.primary
 
 

@@ -7,90 +7,118 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Author',
+            name="Author",
             fields=[
-                ('id', django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
-                ('email', models.EmailField(max_length=254)),
-                ('name', models.CharField(blank=True, max_length=100)),
-                ('score', models.IntegerField(default=0)),
-                ('joined', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
+                ("email", models.EmailField(max_length=254)),
+                ("name", models.CharField(blank=True, max_length=100)),
+                ("score", models.IntegerField(default=0)),
+                ("joined", models.DateTimeField(default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='AuthorTwin',
+            name="AuthorTwin",
             fields=[
-                ('id', models.BigIntegerField(primary_key=True, serialize=False)),
-                ('email', models.EmailField(max_length=254)),
-                ('name', models.CharField(blank=True, max_length=100)),
-                ('score', models.IntegerField(default=0)),
-                ('joined', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigIntegerField(primary_key=True, serialize=False)),
+                ("email", models.EmailField(max_length=254)),
+                ("name", models.CharField(blank=True, max_length=100)),
+                ("score", models.IntegerField(default=0)),
+                ("joined", models.DateTimeField(default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
-                ('account', models.IntegerField()),
-                ('kind', models.CharField(max_length=20)),
-                ('amount', models.IntegerField(default=0)),
+                ("id", django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
+                ("account", models.IntegerField()),
+                ("kind", models.CharField(max_length=20)),
+                ("amount", models.IntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
-            name='LegacyCode',
+            name="LegacyCode",
             fields=[
-                ('code', models.CharField(max_length=40, primary_key=True, serialize=False)),
-                ('label', models.CharField(blank=True, max_length=100)),
+                ("code", models.CharField(max_length=40, primary_key=True, serialize=False)),
+                ("label", models.CharField(blank=True, max_length=100)),
             ],
         ),
         migrations.CreateModel(
-            name='Reading',
+            name="Reading",
             fields=[
-                ('id', django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
-                ('sensor_id', models.IntegerField()),
-                ('value', models.FloatField()),
+                ("id", django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
+                ("sensor_id", models.IntegerField()),
+                ("value", models.FloatField()),
             ],
         ),
         migrations.CreateModel(
-            name='Tag',
+            name="Tag",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=50, unique=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=50, unique=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Follow',
+            name="Follow",
             fields=[
-                ('id', django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
-                ('followee', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='testapp.author')),
-                ('follower', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='following', to='testapp.author')),
+                ("id", django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
+                (
+                    "followee",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="testapp.author",
+                    ),
+                ),
+                (
+                    "follower",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="following",
+                        to="testapp.author",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Post',
+            name="Post",
             fields=[
-                ('id', django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
-                ('title', models.CharField(max_length=200)),
-                ('likes', models.IntegerField(default=0)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now)),
-                ('author', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='testapp.author')),
+                ("id", django_shards.ids.SnowflakeField(primary_key=True, serialize=False)),
+                ("title", models.CharField(max_length=200)),
+                ("likes", models.IntegerField(default=0)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="testapp.author"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='PostTwin',
+            name="PostTwin",
             fields=[
-                ('id', models.BigIntegerField(primary_key=True, serialize=False)),
-                ('title', models.CharField(max_length=200)),
-                ('likes', models.IntegerField(default=0)),
-                ('created', models.DateTimeField(default=django.utils.timezone.now)),
-                ('author', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='testapp.authortwin')),
+                ("id", models.BigIntegerField(primary_key=True, serialize=False)),
+                ("title", models.CharField(max_length=200)),
+                ("likes", models.IntegerField(default=0)),
+                ("created", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="testapp.authortwin"
+                    ),
+                ),
             ],
         ),
     ]

@@ -1,0 +1,403 @@
+"""``shard_split`` is resumable after a crash at any point: ``kill -9`` of the command in
+each phase, then ``--resume``, ends with the group's data unchanged (identical checksums),
+every row on exactly the shard the new map assigns, map version base+2 and no freeze left.
+
+The split runs in a subprocess (``python -m django shard_split ...``) on the test run's own
+databases (``SHARDS_USE_TEST_DATABASES=1``), slowed down by the runner's test hook
+``DJANGO_SHARDS_SPLIT_SLOW_SECONDS`` so the test can watch the catalog's ``SplitJob`` and
+send ``SIGKILL`` at the moment it wants. The resume runs in the test process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
+
+from django_shards import shard_for
+from django_shards.exceptions import ShardMoving
+from django_shards.models import ShardMapVersion, SplitJob
+from django_shards.shardmap import get_map, registry
+from tests.conftest import MARIADB
+from tests.factories import AuthorFactory, PostFactory
+from tests.testapp.models import Author, Follow, Post
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP, SOURCE, TARGET = "users", "s1", "s4"
+MODELS = (Author, Post, Follow)
+AUTHORS, POSTS_EACH = 60, 3
+BATCH = "5"
+SLOW_SECONDS = "0.2"
+POLL_SECONDS = 0.03
+DEADLINE_SECONDS = 60.0
+
+SPLIT_ARGV = [
+    "shard_split", GROUP, SOURCE, "--to", TARGET, "--primary", "s4", "--replica", "s4_r1",
+    "--no-input", "--batch-size", BATCH,
+]  # fmt: skip
+RESUME_ARGV = ["shard_split", GROUP, SOURCE, "--resume", "--batch-size", BATCH]
+
+# ``python -m django ARGV``, except that the replicas keep their TEST["MIRROR"]:
+# tests/settings.py clears TEST under SHARDS_USE_TEST_DATABASES, and then check E007 and
+# plan_split's replica check refuse every split
+BOOTSTRAP = """
+import sys
+from tests import settings
+for alias, cfg in settings.DATABASES.items():
+    if alias.endswith("_r1"):
+        cfg["TEST"] = {**cfg.get("TEST", {}), "MIRROR": alias[: -len("_r1")]}
+from django.core.management import execute_from_command_line
+execute_from_command_line(["django", *sys.argv[1:]])
+"""
+# every subprocess started, so that teardown can kill what a failed test left running
+STARTED: list[Split] = []
+# the order the runner walks the phases in, to tell "not there yet" from "went past it"
+ORDER = [p.value for p in SplitJob.Phase if p != SplitJob.Phase.ABORTED]
+
+
+def empty_target() -> None:
+    """Delete the group's rows on the target's primary, if it has the tables.
+
+    The transactional flush after a test does not do it reliably: ``flush`` asks the router
+    which tables live on ``s4``, and the router answers from the map, read from a catalog
+    that was flushed first (s4 owns nothing in version 1) unless its lease has not run out.
+    """
+    conn = connections["s4"]
+    with conn.cursor() as cursor:
+        existing = set(conn.introspection.table_names(cursor))
+        for model in reversed(MODELS):
+            if model._meta.db_table in existing:
+                cursor.execute(f"DELETE FROM {conn.ops.quote_name(model._meta.db_table)}")
+
+
+@pytest.fixture(autouse=True)
+def _target_starts_and_ends_empty(transactional_db):
+    empty_target()
+    yield
+    while STARTED:  # a test that failed before its kill leaves no split running
+        STARTED.pop().kill()
+    empty_target()
+
+
+# -- the seed and the checksum ------------------------------------------------------------
+
+
+def seed() -> None:
+    """60 authors with 3 posts each and one follow each, committed, on s0..s3."""
+    authors = Author.objects.bulk_create(AuthorFactory.build_batch(AUTHORS))
+    Post.objects.bulk_create(
+        [PostFactory.build(author=a) for a in authors for _ in range(POSTS_EACH)]
+    )
+    Follow.objects.bulk_create(
+        [Follow(follower=a, followee=authors[(i + 7) % AUTHORS]) for i, a in enumerate(authors)]
+    )
+
+
+def columns(model) -> list[str]:
+    return [f.attname for f in model._meta.concrete_fields]
+
+
+def group_rows() -> dict[str, list[tuple]]:
+    """Every row of the group on every shard of the current map (strong reads), per model,
+    sorted by pk; a row held by two shards appears twice."""
+    registry.reset()
+    shards = list(get_map(GROUP).shards)
+    out = {}
+    for model in MODELS:
+        rows = [
+            row
+            for name in shards
+            for row in model.objects.on_shard(name).strong().values_list(*columns(model))
+        ]
+        out[model._meta.label] = sorted(rows, key=lambda r: r[0])
+    return out
+
+
+def rows_by_shard(model) -> dict[str, set]:
+    registry.reset()
+    return {
+        name: set(model.objects.on_shard(name).strong().values_list("pk", flat=True))
+        for name in get_map(GROUP).shards
+    }
+
+
+# -- the subprocess -----------------------------------------------------------------------
+
+
+class Split:
+    """``shard_split`` in a subprocess of its own process group, output to files."""
+
+    def __init__(self, argv: list[str]) -> None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "SHARDS_USE_TEST_DATABASES": "1",
+            "DJANGO_SHARDS_SPLIT_SLOW_SECONDS": SLOW_SECONDS,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if not MARIADB:
+            env["SHARDS_SQLITE_DIR"] = os.path.dirname(settings.DATABASES["default"]["NAME"])
+        self.out = tempfile.TemporaryFile(mode="w+")
+        self.err = tempfile.TemporaryFile(mode="w+")
+        connections.close_all()  # no connection of ours holds a lock or a snapshot
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BOOTSTRAP, *argv],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.out,
+            stderr=self.err,
+            start_new_session=True,
+        )
+        STARTED.append(self)
+
+    def output(self) -> str:
+        text = []
+        for name, f in (("stdout", self.out), ("stderr", self.err)):
+            f.seek(0)
+            text.append(f"--- {name} ---\n{f.read()}")
+        return "\n".join(text)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        connections.close_all()
+
+    def fail(self, message: str) -> None:
+        self.kill()
+        pytest.fail(f"{message}\n{self.output()}")
+
+    def kill_when(self, phase: str, ready: Callable[[SplitJob], bool], label: str) -> SplitJob:
+        """Poll the catalog until the job is in ``phase`` and ``ready(job)``; SIGKILL the
+        process there. Returns the job as the catalog held it right after the kill."""
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        last = None
+        while True:
+            job = SplitJob.objects.using("default").filter(group=GROUP).first()
+            if job is not None:
+                last = job
+                if job.phase == phase and ready(job):
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=30)
+                    connections.close_all()
+                    break
+                if ORDER.index(job.phase) > ORDER.index(phase):
+                    self.fail(
+                        f"{label}: the split went past phase {phase!r} ({job.phase}) "
+                        f"before the kill; progress {job.progress}"
+                    )
+            if self.proc.poll() is not None:
+                self.fail(
+                    f"{label}: shard_split exited ({self.proc.returncode}) before the "
+                    f"kill point; last job {last and (last.phase, last.progress)}"
+                )
+            if time.monotonic() > deadline:
+                self.fail(
+                    f"{label}: no kill point within {DEADLINE_SECONDS}s; "
+                    f"last job {last and (last.phase, last.progress)}"
+                )
+            time.sleep(POLL_SECONDS)
+        assert self.proc.returncode == -signal.SIGKILL, self.output()
+        job = SplitJob.objects.using("default").get(pk=job.pk)
+        # the kill really landed in that phase: the catalog has not moved on
+        assert job.phase == phase, (label, job.phase, job.progress, self.output())
+        return job
+
+
+# -- kill points: (phase the job is in, extra condition on its progress) -------------------
+
+
+def pending_version_written() -> bool:
+    return ShardMapVersion.objects.using("default").filter(group=GROUP).exists()
+
+
+def copied_rows(job: SplitJob) -> int:
+    return sum(v.get("rows", 0) for v in job.progress.get("copy", {}).values())
+
+
+def copy_state(job: SplitJob, model) -> tuple[int, bool]:
+    """(rows copied, complete) of ``model``'s table so far."""
+    state = job.progress.get("copy", {}).get(model._meta.label, {})
+    return state.get("rows", 0), bool(state.get("complete"))
+
+
+KILL_POINTS: dict[str, tuple[str, Callable[[SplitJob], bool]]] = {
+    # in prepare: the pending map version written, the phase not yet recorded
+    "planned": ("planned", lambda job: pending_version_written()),
+    # in freeze: the freeze announced, its lease not yet waited out
+    "prepared": ("prepared", lambda job: job.frozen),
+    "frozen": ("frozen", lambda job: not job.progress.get("copy")),
+    # mid-copy: the first tables complete, the last one (Post) partly copied
+    "copying": (
+        "frozen",
+        lambda job: 0 < copy_state(job, Post)[0] and not copy_state(job, Post)[1],
+    ),
+    "copied": ("copied", lambda job: True),
+    "verified": ("verified", lambda job: True),
+    "cut_over": ("cut_over", lambda job: not job.progress.get("cleanup")),
+    "cleaning": ("cut_over", lambda job: bool(job.progress.get("cleanup"))),
+}
+
+
+# -- while the split lies dead --------------------------------------------------------------
+
+
+def write_while_dead(job: SplitJob, expected: dict[str, list[tuple]]) -> None:
+    """Between the kill and the resume: writes to keys under the split's freeze are refused
+    (ShardMoving), every other write is made where the map in force routes it and must
+    survive the resume; ``expected`` is updated to match."""
+    registry.reset()
+    shard_map = get_map(GROUP)
+    after = shard_map.strategy.load_layout(job.new_layout)
+    rows = expected["testapp.Author"]
+    moving = [r[0] for r in rows if shard_map.strategy.shard_for_key(after, r[0]) == TARGET]
+    staying = [r[0] for r in rows if shard_map.strategy.shard_for_key(after, r[0]) == SOURCE]
+    assert moving and staying, "the source must keep some authors and hand some over"
+    name_at = columns(Author).index("name")
+
+    def rename(pk, name: str) -> None:
+        assert Author.objects.filter(pk=pk).update(name=name) == 1
+        i = next(i for i, row in enumerate(rows) if row[0] == pk)
+        rows[i] = (*rows[i][:name_at], name, *rows[i][name_at + 1 :])
+
+    if job.frozen:
+        with pytest.raises(ShardMoving):
+            Author.objects.filter(pk=moving[0]).update(name="refused")
+        with pytest.raises(ShardMoving):
+            Post.objects.create(author_id=moving[0], title="refused")
+    else:
+        rename(moving[-1], f"moving, written while dead in {job.phase}")
+    rename(staying[-1], f"staying, written while dead in {job.phase}")
+    connections.close_all()
+
+
+# -- the checks after the resume ----------------------------------------------------------
+
+
+def resume() -> str:
+    """``--resume`` in the test process, at the default batch size."""
+    out = io.StringIO()
+    call_command("shard_split", GROUP, SOURCE, "--resume", stdout=out, stderr=out)
+    registry.reset()
+    return out.getvalue()
+
+
+def assert_split_finished(before: dict[str, list[tuple]], base_version: int, log: str) -> None:
+    job = SplitJob.objects.using("default").get(group=GROUP)
+    assert job.phase == SplitJob.Phase.DONE, (job.phase, job.error, log)
+    assert not job.frozen, log
+    assert job.error == "", log
+
+    registry.reset()
+    shard_map = get_map(GROUP)
+    assert shard_map.version == base_version + 2, (shard_map.version, log)
+    assert TARGET in {s.name for s in shard_map.owning_shards}, log
+    assert shard_map.freezes == ()
+
+    # the whole group's data, unchanged: same rows, same values, each once
+    after = group_rows()
+    for label in before:
+        assert len(after[label]) == len(before[label]), (label, log)
+        assert after[label] == before[label], (label, log)
+
+    # every row on exactly the shard the new map assigns, the source keeps no moved key
+    for model in MODELS:
+        placed = rows_by_shard(model)
+        counts = Counter(pk for pks in placed.values() for pk in pks)
+        twice = [pk for pk, n in counts.items() if n > 1]
+        assert not twice, f"{model._meta.label}: rows on two shards: {twice[:5]}"
+        key = {"Author": "id", "Post": "author_id", "Follow": "follower_id"}[model.__name__]
+        keys = dict(model.objects.fanout().strong().values_list("pk", key))
+        for name, pks in placed.items():
+            for pk in pks:
+                owner = shard_for(model, keys[pk]).name
+                assert owner == name, f"{model._meta.label} {pk} is on {name}, owner {owner}"
+    moved = rows_by_shard(Author)[TARGET]
+    assert moved, "the split moved no author"
+    assert not rows_by_shard(Author)[SOURCE] & moved
+
+    # every author readable by key, on its new owner, with its posts and follow
+    for pk, *_ in before["testapp.Author"]:
+        owner = shard_for(Author, pk)
+        assert Author.objects.on_shard(owner.name).strong().filter(pk=pk).exists()
+        assert Author.objects.strong().get(pk=pk).pk == pk
+        assert Post.objects.strong().filter(author_id=pk).count() == POSTS_EACH
+        assert Follow.objects.strong().filter(follower_id=pk).count() == 1
+
+    # no freeze remains: writes to a moved key succeed and land on the new shard
+    pk = sorted(moved)[0]
+    assert Author.objects.filter(pk=pk).update(name="after the split") == 1
+    author = Author.objects.strong().get(pk=pk)
+    assert author.name == "after the split"
+    post = Post.objects.create(author=author, title="written after the split")
+    assert Post.objects.on_shard(TARGET).strong().filter(pk=post.pk).exists()
+    author.score += 1
+    author.save()
+
+
+def start() -> tuple[dict[str, list[tuple]], int]:
+    seed()
+    registry.reset()
+    base = get_map(GROUP).version
+    before = group_rows()
+    assert len(before["testapp.Author"]) == AUTHORS
+    assert len(before["testapp.Post"]) == AUTHORS * POSTS_EACH
+    return before, base
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_in_each_phase_then_resume_ends_with_identical_checksums(point):
+    before, base = start()
+    phase, ready = KILL_POINTS[point]
+    split = Split(SPLIT_ARGV)
+    killed = split.kill_when(phase, ready, point)
+    if point == "copying":
+        assert copy_state(killed, Author)[1] and copy_state(killed, Follow)[1], killed.progress
+        assert 0 < copy_state(killed, Post)[0] and not copy_state(killed, Post)[1]
+    if point == "cleaning":
+        assert killed.progress["cleanup"], killed.progress
+    write_while_dead(killed, before)
+
+    log = resume()
+    assert "done" in log, log + split.output()
+    assert_split_finished(before, base, log)
+
+
+def test_two_kills_in_a_row_then_resume():
+    """Killed while copying the first table, resumed in another process and killed again
+    mid-clean-up, then resumed to the end."""
+    before, base = start()
+    first = Split(SPLIT_ARGV)
+    killed = first.kill_when(
+        "frozen",
+        lambda job: 0 < copied_rows(job) and not copy_state(job, Author)[1],
+        "first kill (copying the first table)",
+    )
+    assert not copy_state(killed, Follow)[0] and not copy_state(killed, Post)[0]
+    write_while_dead(killed, before)
+
+    second = Split(RESUME_ARGV)
+    killed = second.kill_when("cut_over", KILL_POINTS["cleaning"][1], "second kill (cleaning)")
+    write_while_dead(killed, before)
+
+    log = resume()
+    assert_split_finished(before, base, log)
