@@ -1,8 +1,9 @@
 """Fan-out: run one query on several shards in parallel and merge like one database.
 
 The executor runs one task per shard on ``FANOUT_WORKERS`` threads; each task treats its
-connections as a request does (``close_old_connections`` before and after, honouring
-``CONN_MAX_AGE``) and comes back as a :class:`FanoutResult`. A shard whose alias is inside
+connections as a request does (each connection it uses is checked before and after, as
+``close_old_connections`` does, honouring ``CONN_MAX_AGE``) and comes back as a
+:class:`FanoutResult`. A shard whose alias is inside
 a transaction of the calling thread runs in the calling thread, so it sees that
 transaction's writes.
 """

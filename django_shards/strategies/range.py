@@ -341,7 +341,7 @@ class RangeStrategy(Strategy):
             except TypeError:
                 raise SplitError(
                     f"split key {at!r} ({type(at).__name__}) cannot be compared with the "
-                    f"bounds of shard {source!r}'s range {format_interval(lo, hi)}."
+                    f"bounds of the range {format_interval(lo, hi)} of shard {source!r}."
                 ) from None
             if inside:
                 intervals = list(layout.intervals)
@@ -349,7 +349,7 @@ class RangeStrategy(Strategy):
                 return RangeLayout(intervals)
         ranges = ", ".join(format_interval(lo, hi) for _, (lo, hi, _) in owned)
         raise SplitError(
-            f"split key {at!r} is not strictly inside shard {source!r}'s range {ranges}."
+            f"split key {at!r} is not strictly inside the range {ranges} of shard {source!r}."
         )
 
     def describe(self, layout: Layout) -> dict[str, str]:
