@@ -629,9 +629,9 @@ def test_range_split_of_an_unbounded_shard_at_a_string_key() -> None:
     ("source", "target", "at", "message"),
     [
         ("b", "new", None, "needs the key to split at"),
-        ("b", "new", 0, r"0 is not strictly inside shard 'b'.s range \[0, 100\)"),
-        ("b", "new", 100, r"100 is not strictly inside shard 'b'.s range \[0, 100\)"),
-        ("b", "new", 150, r"150 is not strictly inside shard 'b'.s range \[0, 100\)"),
+        ("b", "new", 0, r"0 is not strictly inside the range \[0, 100\) of shard 'b'"),
+        ("b", "new", 100, r"100 is not strictly inside the range \[0, 100\) of shard 'b'"),
+        ("b", "new", 150, r"150 is not strictly inside the range \[0, 100\) of shard 'b'"),
         ("nope", "new", 50, "shard 'nope' owns no range"),
         ("b", "c", 50, "shard 'c' already owns a range"),
         ("b", "new", "x", "cannot be compared"),
