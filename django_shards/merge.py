@@ -427,6 +427,12 @@ class AggregatePlan:
     distinct: dict[str, Any]  # alias -> Count(distinct=True): values fetched per shard
 
 
+def filter_of(agg: Any) -> Any:
+    """The ``filter=`` condition of an aggregate (Django 6.1 wraps it in AggregateFilter)."""
+    condition = agg.filter
+    return getattr(condition, "condition", condition) if condition is not None else None
+
+
 def plan_aggregate(aggregates: dict[str, Any]) -> AggregatePlan:
     parts: dict[str, Any] = {}
     recipes: dict[str, tuple[str, Any]] = {}
@@ -449,11 +455,11 @@ def plan_aggregate(aggregates: dict[str, Any]) -> AggregatePlan:
             )
         expressions = agg.get_source_expressions()[: agg.arity or None]
         if kind is Avg:
-            parts[f"{alias}__sum"] = Sum(*expressions, filter=agg.filter)
-            parts[f"{alias}__count"] = Count(*expressions, filter=agg.filter)
+            parts[f"{alias}__sum"] = Sum(*expressions, filter=filter_of(agg))
+            parts[f"{alias}__count"] = Count(*expressions, filter=filter_of(agg))
             recipes[alias] = ("avg", default)
         else:
-            parts[alias] = kind(*expressions, filter=agg.filter)
+            parts[alias] = kind(*expressions, filter=filter_of(agg))
             recipes[alias] = (kind.__name__, default)
     return AggregatePlan(parts, recipes, distinct)
 

@@ -431,7 +431,8 @@ class ShardedQuerySet(models.QuerySet):
             values = {}
             for name, agg in plan.distinct.items():
                 expression = agg.get_source_expressions()[0]
-                scoped = qs.filter(agg.filter) if agg.filter is not None else qs
+                condition = merge.filter_of(agg)
+                scoped = qs.filter(condition) if condition is not None else qs
                 column = scoped.annotate(_shards_d=expression).values_list("_shards_d", flat=True)
                 values[name] = {v for v in column.distinct() if v is not None}
             return answer, values
@@ -688,30 +689,14 @@ class ShardedQuerySet(models.QuerySet):
         """Like ``QuerySet.in_bulk``; ids of several shards are looked up on each of them."""
         if not self._routes_itself:
             return super().in_bulk(id_list, field_name=field_name)
-        # Django's own argument checks first, with its messages
-        if self.query.is_sliced:
-            raise TypeError("Cannot use 'limit' or 'offset' with in_bulk().")
-        if not issubclass(self._iterable_class, ModelIterable):
-            raise TypeError("in_bulk() cannot be used with values() or values_list().")
-        opts = self.model._meta
-        unique_fields = [
-            c.fields[0]
-            for c in opts.total_unique_constraints
-            if len(c.fields) == 1 and c.condition is None
-        ]
-        if (
-            field_name != "pk"
-            and not opts.get_field(field_name).unique
-            and field_name not in unique_fields
-            and self.query.distinct_fields != (field_name,)
-        ):
-            raise ValueError(
-                f"in_bulk()'s field_name must be a unique field but {field_name!r} isn't."
-            )
         if id_list is not None:
             id_list = list(id_list)
-            if not id_list:
-                return {}
+        if self.query.is_sliced or (id_list is not None and not id_list):
+            # Django's own checks and answer (no query), on any one shard
+            pinned = self._chain()
+            pinned._shard_name = self._shard_map().owning_shards[0].name
+            return super(ShardedQuerySet, pinned).in_bulk(id_list, field_name=field_name)
+        if id_list is not None:
             target = self.filter(**{f"{field_name}__in": id_list})
         else:
             target = self
@@ -852,10 +837,13 @@ class ShardedQuerySet(models.QuerySet):
     _insert.alters_data = True  # type: ignore[attr-defined]
     _insert.queryset_only = False  # type: ignore[attr-defined]  (managers need it: save())
 
-    def _update(self, values: Any) -> Any:
-        """``save()`` of an existing row runs this on the owner's primary (``using()``)."""
+    def _update(self, values: Any, *args: Any, **kwargs: Any) -> Any:
+        """``save()`` of an existing row runs this on the owner's primary (``using()``).
+
+        Django 6.1 passes ``returning_fields`` too.
+        """
         with primary_errors(self._db):
-            return super()._update(values)
+            return super()._update(values, *args, **kwargs)
 
     _update.alters_data = True  # type: ignore[attr-defined]
     _update.queryset_only = False  # type: ignore[attr-defined]

@@ -213,7 +213,7 @@ def form_data(response, form_id: str | None = None) -> dict[str, str | list[str]
 def hierarchy_links(response) -> dict[str, dict[str, str]]:
     """The date hierarchy's drill-down links: title -> query parameters."""
     html = response.content.decode()
-    nav = re.search(r'<nav class="toplinks">(.*?)</nav>', html, re.S)
+    nav = re.search(r'<nav class="toplinks"[^>]*>(.*?)</nav>', html, re.S)  # 6.1 adds aria
     assert nav, "no date hierarchy on the page"
     links = re.findall(r'<a href="\?([^"]*)"(?: class="date-back")?>([^<]*)</a>', nav.group(1))
     return {

@@ -1219,11 +1219,8 @@ def test_in_bulk_with_an_empty_list_refuses_invalid_calls_like_the_twin(ds):
             lambda: call(Post.objects.filter(author_id=k)),
             lambda: call(PostTwin.objects.filter(author_id=k)),
         )
-    assert {name: twin[:2] for name, (_, twin) in observed.items()} == {
-        "sliced": ("raised", "TypeError"),
-        "values": ("raised", "TypeError"),
-        "non-unique field": ("raised", "ValueError"),
-    }
+    # Django 5.2 refuses all three; 6.1 answers {} for an empty list after the slice check
+    assert observed["sliced"][1][:2] == ("raised", "TypeError")
     assert {name: got for name, (got, _) in observed.items()} == {
         name: twin for name, (_, twin) in observed.items()
     }
