@@ -121,6 +121,8 @@ class SplitRunner:
         )
         if not changed:
             current = SplitJob.objects.using(_catalog()).get(pk=self.job.pk)
+            if current.phase == Phase.ABORTED:
+                self._discard_target_rows()  # a batch this run copied after the abort
             raise SplitError(
                 f"The split {self.job.source} -> {self.job.target} was changed elsewhere "
                 f"(now phase {current.phase}, expected {expected}); this run stops."
@@ -196,6 +198,18 @@ class SplitRunner:
                 for spec in missing:
                     editor.create_model(spec.model)
             self.report(f"created {', '.join(s.table for s in missing)}")
+
+    def _discard_target_rows(self) -> None:
+        """Best effort: remove the rows of the group from the (pending, unused) target."""
+        conn = connections[self.target.primary]
+        try:
+            with conn.cursor() as cursor:
+                existing = set(conn.introspection.table_names(cursor))
+                for spec in reversed(self.tables):
+                    if spec.table in existing:
+                        cursor.execute(f"DELETE FROM {conn.ops.quote_name(spec.table)}")
+        except Exception as exc:  # noqa: BLE001 - the abort already succeeded
+            self.report(f"(rows copied before the abort were not removed: {exc})")
 
     def _empty_target(self) -> None:
         """Remove rows an earlier, failed copy left on the target (it serves nothing yet)."""
