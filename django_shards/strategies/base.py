@@ -23,7 +23,15 @@ def canonical_key(key: Any) -> Any:
 
 
 def canonical_text(key: Any) -> bytes:
-    """The bytes every hashing strategy hashes: ``str(key)`` (an instance: its pk), UTF-8."""
+    """The bytes every hashing strategy hashes: ``str(key)`` (an instance: its pk), UTF-8.
+
+    Fast paths for plain ints and strings: this runs on every routed query.
+    """
+    cls = key.__class__
+    if cls is int:
+        return b"%d" % key
+    if cls is str:
+        return key.encode()
     return str(canonical_key(key)).encode("utf-8")
 
 

@@ -40,17 +40,9 @@ MAX_VNODES = 10_000
 def ring_point(key: Any) -> int:
     """``int(sha1(text).hexdigest(), 16)`` of the key's canonical text: ``0 <= point < 2**160``.
 
-    Same bytes as :func:`~django_shards.strategies.base.canonical_text`, with fast paths
-    for plain ints and strings (this runs on every routed query).
+    The bytes are :func:`~django_shards.strategies.base.canonical_text`'s.
     """
-    cls = key.__class__
-    if cls is int:
-        text = b"%d" % key
-    elif cls is str:
-        text = key.encode()
-    else:
-        text = canonical_text(key)
-    return int.from_bytes(sha1(text).digest(), "big")
+    return int.from_bytes(sha1(canonical_text(key)).digest(), "big")
 
 
 def shard_tokens(name: str, vnodes: int) -> list[int]:

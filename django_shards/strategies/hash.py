@@ -40,17 +40,9 @@ _first_8_bytes = struct.Struct(">Q").unpack_from  # big-endian uint64 at the dig
 def hash_point(key: Any) -> int:
     """First 8 bytes of MD5 of the key's canonical text, big-endian: ``0 <= point < 2**64``.
 
-    Same bytes as :func:`~django_shards.strategies.base.canonical_text`, with fast paths
-    for plain ints and strings (this runs on every routed query).
+    The bytes are :func:`~django_shards.strategies.base.canonical_text`'s.
     """
-    cls = key.__class__
-    if cls is int:
-        text = b"%d" % key
-    elif cls is str:
-        text = key.encode()
-    else:
-        text = canonical_text(key)
-    return _first_8_bytes(md5(text).digest())[0]
+    return _first_8_bytes(md5(canonical_text(key)).digest())[0]
 
 
 def _hex(value: int) -> str:

@@ -35,17 +35,9 @@ SPLIT_REFUSED = (
 def modulo_point(key: Any) -> int:
     """``int(md5(text).hexdigest(), 16)`` of the key's canonical text (all 128 bits).
 
-    Same bytes as :func:`~django_shards.strategies.base.canonical_text`, with fast paths
-    for plain ints and strings (this runs on every routed query).
+    The bytes are :func:`~django_shards.strategies.base.canonical_text`'s.
     """
-    cls = key.__class__
-    if cls is int:
-        text = b"%d" % key
-    elif cls is str:
-        text = key.encode()
-    else:
-        text = canonical_text(key)
-    return int.from_bytes(md5(text).digest(), "big")
+    return int.from_bytes(md5(canonical_text(key)).digest(), "big")
 
 
 class ModuloLayout(Layout):
