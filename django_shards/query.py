@@ -201,6 +201,7 @@ class ShardedQuerySet(models.QuerySet):
         self._allow_partial: bool = False
         self._routed_alias: str | None = None
         self._force_primary = False
+        self._route: tuple[Any, ShardMap, list[Shard]] | None = None
         #: shards left out of the last fan-out of this queryset (with allow_partial())
         self.missing_shards: list[str] = []
 
@@ -263,8 +264,21 @@ class ShardedQuerySet(models.QuerySet):
         """Names of the shards this queryset would run on (no query is run)."""
         return [s.name for s in self._target_shards()]
 
+    def _take_route(self) -> list[Shard] | None:
+        """The shards ``_fanout_shards`` just found, once, if the query and the map are the
+        ones it looked at (saves routing every read twice)."""
+        route, self._route = self._route, None
+        if route is None:
+            return None
+        where, shard_map, shards = route
+        if where is not self.query.where or shard_map is not self._shard_map():
+            return None
+        return shards
+
     def _single_shard(self) -> Shard:
-        shards = self._target_shards()
+        shards = self._take_route()
+        if shards is None:
+            shards = self._target_shards()
         if len(shards) == 1:
             return shards[0]
         if not shards:  # the filters match no shard: any shard answers "nothing"
@@ -293,6 +307,8 @@ class ShardedQuerySet(models.QuerySet):
             return None
         shards = self._target_shards()
         if len(shards) <= 1:
+            # the evaluation that follows asks ``db`` for the same answer: keep it for that
+            self._route = (self.query.where, self._shard_map(), shards)
             return None
         self._check_mergeable()
         if not self._fanout and not self._names_keys():
@@ -609,9 +625,10 @@ class ShardedQuerySet(models.QuerySet):
         """
         if self._for_write or not self._routes_itself:
             return run()
+        timed = get_config().replica_selection == "fastest"
         for attempt in range(READ_ATTEMPTS):
             self._routed_alias = None
-            started = time.perf_counter()
+            started = time.perf_counter() if timed else 0.0
             try:
                 result = run()
             except DatabaseError as exc:
@@ -634,9 +651,10 @@ class ShardedQuerySet(models.QuerySet):
                     self._force_primary = False
                 pool.mark_down(alias, exc)  # the primary answered: the replica is broken
                 return result
-            alias = self._routed_alias
-            if alias is not None and self._is_replica(alias):
-                pool.observe(alias, time.perf_counter() - started)
+            if timed:
+                alias = self._routed_alias
+                if alias is not None and self._is_replica(alias):
+                    pool.observe(alias, time.perf_counter() - started)
             return result
         raise AssertionError("unreachable")
 
