@@ -47,8 +47,12 @@ lint: venv
 	$(BIN)/ruff check django_shards tests benchmarks example_project
 	$(BIN)/ruff format --check django_shards tests benchmarks example_project
 
+# benchmarks write benchmarks/results/*.json; the MariaDB ones (split, gtid and the
+# --backend mariadb runs) need `make mariadb-up` and `source $(MARIADB_DIR)/env` first
 bench: venv
 	$(BIN)/python -m benchmarks.placement
+	$(BIN)/python -m benchmarks.routing
+	$(BIN)/python -m benchmarks.fanout --skip-memory
 
 clean:
 	rm -rf $(VENV) .tox example_project/var
