@@ -1,5 +1,8 @@
+import os
+
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 from django.db import connections
 
 from django_shards import context
@@ -8,6 +11,11 @@ from django_shards.replicas import pool
 from django_shards.shardmap import registry
 
 MARIADB = settings.SHARDS_DB == "mariadb"
+
+# CI (HYPOTHESIS_PROFILE=ci, set by .ci/run) replays the same examples on every run, so a
+# red CI always means a change broke something; elsewhere hypothesis explores new inputs.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(config, items):
