@@ -48,8 +48,16 @@ class ShardKey:
         """
         return self.normalize(instance.__dict__.get(self.attname))
 
+    @cached_property
+    def int_key(self) -> bool:
+        """Whether the key's values are ints (an integer field, or an FK to one)."""
+        target = self.field.target_field if self.field.is_relation else self.field
+        return isinstance(target, models.IntegerField)
+
     def normalize(self, value: Any) -> Any:
         """``"5"`` and ``5`` must place alike: coerce a key to the key field's Python type."""
+        if value.__class__ is int and self.int_key:  # the common case, on every query
+            return value
         value = canonical_key(value)
         if value is None:
             return None

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from django.db import (
     DatabaseError,
@@ -50,6 +50,19 @@ logger = logging.getLogger("django_shards.fanout")
 _UNSET: Any = object()
 #: a read routed to a replica is tried on this many aliases before the error surfaces
 READ_ATTEMPTS = 3
+
+
+class _Options(NamedTuple):
+    """How a queryset routes, besides its filters."""
+
+    shard_name: str | None = None  # on_shard()
+    pinned_key: Any = _UNSET  # for_key()
+    consistency: str | None = None  # strong(), eventual(), consistency()
+    fanout: bool = False  # fanout()
+    allow_partial: bool = False  # allow_partial()
+
+
+_NO_OPTIONS = _Options()
 _RANGE_LOOKUPS: dict[type, tuple[bool, bool, bool]] = {
     # lookup class -> (sets lower bound, inclusive, is upper)
     lookups.GreaterThan: (True, False, False),
@@ -63,6 +76,15 @@ def _is_expression(value: Any) -> bool:
     return hasattr(value, "resolve_expression")
 
 
+def _locate(shard_map: ShardMap, sk: ShardKey, value: Any) -> str | None:
+    """The name of the shard owning key ``value``; None when no shard holds it (the query
+    then matches nothing there)."""
+    try:
+        return shard_map.strategy.shard_for_key(shard_map.layout, sk.normalize(value))
+    except NoShardForKey:
+        return None
+
+
 def _shards_from_lookup(
     node: lookups.Lookup, base_alias: str | None, sk: ShardKey, shard_map: ShardMap
 ) -> set[str] | None:
@@ -74,22 +96,17 @@ def _shards_from_lookup(
     ):
         return None
     rhs = node.rhs
-    if _is_expression(rhs):
+    if hasattr(rhs, "resolve_expression"):
         return None
-
-    def locate(value: Any) -> str | None:
-        try:
-            return shard_map.strategy.shard_for_key(shard_map.layout, sk.normalize(value))
-        except NoShardForKey:
-            return None  # no shard holds it: the query matches nothing there
-
     if isinstance(node, lookups.Exact):
-        name = locate(rhs)
+        name = _locate(shard_map, sk, rhs)
         return set() if name is None else {name}
     if isinstance(node, lookups.In):
         if any(_is_expression(v) for v in rhs):
             return None
-        return {n for n in (locate(v) for v in rhs if v is not None) if n is not None}
+        return {
+            n for n in (_locate(shard_map, sk, v) for v in rhs if v is not None) if n is not None
+        }
     if not shard_map.strategy.ordered:
         return None
     if isinstance(node, lookups.Range):
@@ -192,26 +209,28 @@ def keys_from_where(node: Any, base_alias: str | None, sk: ShardKey) -> set[Any]
 class ShardedQuerySet(models.QuerySet):
     """A ``QuerySet`` that picks its database from the shard key in its filters."""
 
-    def __init__(self, model: Any = None, query: Any = None, using: Any = None, hints: Any = None):
-        super().__init__(model, query, using, hints)
-        self._shard_name: str | None = None
-        self._pinned_key: Any = _UNSET
-        self._consistency: str | None = None
-        self._fanout: bool = False
-        self._allow_partial: bool = False
-        self._routed_alias: str | None = None
-        self._force_primary = False
-        self._route: tuple[Any, ShardMap, list[Shard]] | None = None
-        #: shards left out of the last fan-out of this queryset (with allow_partial())
-        self.missing_shards: list[str] = []
+    #: routing options (for_key, on_shard, strong, fanout ...): one immutable value that
+    #: every clone shares, so building a queryset costs one attribute copy
+    _options: _Options = _NO_OPTIONS
+    #: the alias the last routed read picked (for _read's failover)
+    _routed_alias: str | None = None
+    _force_primary: bool = False
+    #: inside _read, which retries a failing replica: db need not pre-connect replicas
+    _retries: bool = False
+    #: (where, shards) found by _fanout_shards, taken by the db that follows
+    _route: tuple[Any, list[Shard]] | None = None
+    #: shards left out of the last fan-out of this queryset (with allow_partial())
+    missing_shards: list[str] = []  # noqa: RUF012 - only ever replaced, never mutated
 
     def _clone(self) -> ShardedQuerySet:
         clone = super()._clone()
-        clone._shard_name = self._shard_name
-        clone._pinned_key = self._pinned_key
-        clone._consistency = self._consistency
-        clone._fanout = self._fanout
-        clone._allow_partial = self._allow_partial
+        clone._options = self._options
+        return clone
+
+    def _with(self, **options: Any) -> ShardedQuerySet:
+        """A clone with routing ``options`` (fields of :class:`_Options`) changed."""
+        clone = self._chain()
+        clone._options = self._options._replace(**options)
         return clone
 
     # -- where a query runs ---------------------------------------------------------
@@ -239,7 +258,7 @@ class ShardedQuerySet(models.QuerySet):
 
     def _target_shards(self) -> list[Shard]:
         """The shards this query will touch, in map order."""
-        sk = self._shard_key
+        sk = key_for_model(self.model)
         if sk is None:
             raise ShardingError(f"{self.model._meta.label} is not sharded.")
         shard_map = get_map(sk.group)
@@ -247,36 +266,32 @@ class ShardedQuerySet(models.QuerySet):
             shard = shard_map.shard_for_alias(self._db)
             if shard is not None:
                 return [shard]
-        if self._shard_name is not None:
-            return [shard_map.shard_named(self._shard_name)]
-        if self._pinned_key is not _UNSET:
-            return [shard_map.shard_for_key(sk.normalize(self._pinned_key))]
+        options = self._options
+        if options is not _NO_OPTIONS:
+            if options.shard_name is not None:
+                return [shard_map.shard_named(options.shard_name)]
+            if options.pinned_key is not _UNSET:
+                return [shard_map.shard_for_key(sk.normalize(options.pinned_key))]
         query = self.query
-        parts = query.combined_queries if query.combinator else (query,)
-        found = [shards_from_where(q.where, _base_alias(q), sk, shard_map) for q in parts]
-        names = None if any(n is None for n in found) else set().union(*found)
-        owners = shard_map.owning_shards
+        if query.combinator:
+            found = [
+                shards_from_where(q.where, _base_alias(q), sk, shard_map)
+                for q in query.combined_queries
+            ]
+            names = None if any(n is None for n in found) else set().union(*found)
+        else:
+            names = shards_from_where(query.where, _base_alias(query), sk, shard_map)
         if names is None:
-            return owners
-        return [s for s in owners if s.name in names]
+            return shard_map.owning_shards
+        if len(names) == 1:  # the common case: a key's owner
+            return [shard_map.shards[next(iter(names))]]
+        return [s for s in shard_map.owning_shards if s.name in names]
 
     def target_shards(self) -> list[str]:
         """Names of the shards this queryset would run on (no query is run)."""
         return [s.name for s in self._target_shards()]
 
-    def _take_route(self) -> list[Shard] | None:
-        """The shards ``_fanout_shards`` just found, once, if the query and the map are the
-        ones it looked at (saves routing every read twice)."""
-        route, self._route = self._route, None
-        if route is None:
-            return None
-        where, shard_map, shards = route
-        if where is not self.query.where or shard_map is not self._shard_map():
-            return None
-        return shards
-
-    def _single_shard(self) -> Shard:
-        shards = self._take_route()
+    def _single_shard(self, shards: list[Shard] | None = None) -> Shard:
         if shards is None:
             shards = self._target_shards()
         if len(shards) == 1:
@@ -308,10 +323,10 @@ class ShardedQuerySet(models.QuerySet):
         shards = self._target_shards()
         if len(shards) <= 1:
             # the evaluation that follows asks ``db`` for the same answer: keep it for that
-            self._route = (self.query.where, self._shard_map(), shards)
+            self._route = (self.query.where, shards)
             return None
         self._check_mergeable()
-        if not self._fanout and not self._names_keys():
+        if not self._options.fanout and not self._names_keys():
             mode = get_config().fanout
             if mode == "deny":
                 sk = self._shard_key
@@ -362,7 +377,12 @@ class ShardedQuerySet(models.QuerySet):
         """Run ``task(alias)`` on every shard in parallel (primaries for writes)."""
         for_write = writes or self._for_write
         targets = [
-            (s, write_alias(s, pin=False) if for_write else read_alias(s, self._consistency))
+            (
+                s,
+                write_alias(s, pin=False)
+                if for_write
+                else read_alias(s, self._options.consistency),
+            )
             for s in shards
         ]
         results = get_executor().run(targets, task, timeout=get_config().fanout_timeout_seconds)
@@ -370,7 +390,9 @@ class ShardedQuerySet(models.QuerySet):
             for result in results:
                 if result.error is None:
                     note_write(result.alias, same_session=False)
-        good, self.missing_shards = collect(results, allow_partial=self._allow_partial, what=what)
+        good, self.missing_shards = collect(
+            results, allow_partial=self._options.allow_partial, what=what
+        )
         return good
 
     def _what(self, operation: str) -> str:
@@ -486,13 +508,14 @@ class ShardedQuerySet(models.QuerySet):
         targets = [
             (
                 s,
-                read_alias(s, self._consistency)
+                read_alias(s, self._options.consistency)
                 if not self._for_write
                 else write_alias(s, pin=False),
             )
             for s in shards
         ]
-        self.missing_shards = []
+        missing: list[str] = []
+        self.missing_shards = missing
 
         def pages(shard: Shard, alias: str) -> Any:
             sort_key = merge.SortKey(ordering, alias)
@@ -509,13 +532,13 @@ class ShardedQuerySet(models.QuerySet):
                         rows = list(page_qs[offset : offset + chunk_size])
                         offset += chunk_size
                 except DatabaseError as exc:
-                    if not self._allow_partial:
+                    if not self._options.allow_partial:
                         raise FanoutError(
                             f"{self._what('iterator')} failed on shard {shard.name!r} "
                             f"({alias}): {exc}. Use .allow_partial() to accept answers from "
                             "the other shards."
                         ) from exc
-                    self.missing_shards.append(shard.name)
+                    missing.append(shard.name)
                     return
                 for row in rows:
                     values, clean = merge.split_order_values(row, kind, names)
@@ -557,13 +580,21 @@ class ShardedQuerySet(models.QuerySet):
 
     @property
     def db(self) -> str:
-        if not self._routes_itself:
+        route = self._route
+        if route is not None:
+            # routed a moment ago by _fanout_shards, in this same evaluation (a change to
+            # the query since makes a new where tree, and the route is not used)
+            self._route = None
+            shards = route[1] if route[0] is self.query.where else None
+        elif not self._routes_itself:
             return super().db
-        shard = self._single_shard()
+        else:
+            shards = None
+        shard = shards[0] if shards and len(shards) == 1 else self._single_shard(shards)
         if self._for_write or self._force_primary:
             alias = write_alias(shard, pin=False)
         else:
-            alias = read_alias(shard, self._consistency)
+            alias = read_alias(shard, self._options.consistency, connect=not self._retries)
         self._routed_alias = alias
         return alias
 
@@ -571,47 +602,31 @@ class ShardedQuerySet(models.QuerySet):
 
     def for_key(self, key: Any) -> ShardedQuerySet:
         """A queryset pinned to the shard that owns ``key`` (no filter is added)."""
-        clone = self._chain()
-        clone._pinned_key = key
-        clone._shard_name = None
-        return clone
+        return self._with(pinned_key=key, shard_name=None)
 
     def on_shard(self, name: str) -> ShardedQuerySet:
         """A queryset on one shard, by name. Raises ``UnknownShard``."""
         self._shard_map().shard_named(name)
-        clone = self._chain()
-        clone._shard_name = name
-        clone._pinned_key = _UNSET
-        return clone
+        return self._with(shard_name=name, pinned_key=_UNSET)
 
     def strong(self) -> ShardedQuerySet:
         """Reads go to the primary."""
-        clone = self._chain()
-        clone._consistency = "strong"
-        return clone
+        return self._with(consistency="strong")
 
     def eventual(self) -> ShardedQuerySet:
         """Reads go to a usable replica (the primary when none is), pinned or not."""
-        clone = self._chain()
-        clone._consistency = "eventual"
-        return clone
+        return self._with(consistency="eventual")
 
     def consistency(self, level: str) -> ShardedQuerySet:
-        clone = self._chain()
-        clone._consistency = validate_level(level)
-        return clone
+        return self._with(consistency=validate_level(level))
 
     def fanout(self) -> ShardedQuerySet:
         """Explicitly allow this query to run on every shard it targets."""
-        clone = self._chain()
-        clone._fanout = True
-        return clone
+        return self._with(fanout=True)
 
     def allow_partial(self) -> ShardedQuerySet:
         """In a fan-out, a failing shard is left out instead of raising ``FanoutError``."""
-        clone = self._chain()
-        clone._allow_partial = True
-        return clone
+        return self._with(allow_partial=True)
 
     # -- reads that survive a replica failing ---------------------------------------
 
@@ -623,12 +638,15 @@ class ShardedQuerySet(models.QuerySet):
         fails too, the error is the query's and is raised; if it answers, the replica was
         broken and is marked down.
         """
-        if self._for_write or not self._routes_itself:
+        if self._for_write or (self._route is None and not self._routes_itself):
             return run()
         timed = get_config().replica_selection == "fastest"
         for attempt in range(READ_ATTEMPTS):
             self._routed_alias = None
             started = time.perf_counter() if timed else 0.0
+            # a replica that cannot connect fails the run and is retried below, so db need
+            # not connect it first (except on the last attempt, which is not retried)
+            self._retries = attempt < READ_ATTEMPTS - 1
             try:
                 result = run()
             except DatabaseError as exc:
@@ -651,6 +669,8 @@ class ShardedQuerySet(models.QuerySet):
                     self._force_primary = False
                 pool.mark_down(alias, exc)  # the primary answered: the replica is broken
                 return result
+            finally:
+                self._retries = False
             if timed:
                 alias = self._routed_alias
                 if alias is not None and self._is_replica(alias):
@@ -711,8 +731,7 @@ class ShardedQuerySet(models.QuerySet):
             id_list = list(id_list)
         if self.query.is_sliced or (id_list is not None and not id_list):
             # Django's own checks and answer (no query), on any one shard
-            pinned = self._chain()
-            pinned._shard_name = self._shard_map().owning_shards[0].name
+            pinned = self._with(shard_name=self._shard_map().owning_shards[0].name)
             return super(ShardedQuerySet, pinned).in_bulk(id_list, field_name=field_name)
         if id_list is not None:
             target = self.filter(**{f"{field_name}__in": id_list})
@@ -720,10 +739,9 @@ class ShardedQuerySet(models.QuerySet):
             target = self
         shards = target._target_shards()
         if len(shards) <= 1:
-            pinned = self._chain()
-            pinned._shard_name = shards[0].name if shards else None
-            if pinned._shard_name is None:
+            if not shards:
                 return {}
+            pinned = self._with(shard_name=shards[0].name)
             return super(ShardedQuerySet, pinned).in_bulk(id_list, field_name=field_name)
         target._fanout_shards()  # applies FANOUT (deny / warn)
         results = self._run_fanout(

@@ -166,14 +166,19 @@ class ReplicaPool:
             candidates = candidates[start:] + candidates[:start]
         return candidates
 
-    def choose(self, shard: Shard, accept: Callable[[str], bool] | None = None) -> str | None:
+    def choose(
+        self, shard: Shard, accept: Callable[[str], bool] | None = None, *, connect: bool = True
+    ) -> str | None:
         """A usable, connected replica of ``shard`` (that ``accept`` accepts), or None: then
         the primary serves. A replica that cannot connect is marked down here, so the caller
-        never sees it.
+        never sees it. With ``connect=False`` the first usable replica is returned as it is
+        (for callers that retry a read that fails on it).
         """
         for alias in self.ordered(shard):
             if accept is not None and not accept(alias):
                 continue
+            if not connect:
+                return alias
             conn = connections[alias]
             if conn.connection is None:
                 try:

@@ -141,14 +141,15 @@ def pin_after_save(
         note_write(using)
 
 
-def read_alias(shard: Shard, consistency: str | None = None) -> str:
+def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = True) -> str:
     """The alias a read of ``shard`` uses.
 
     ``consistency`` is an explicit choice (``strong()``/``eventual()``): strong reads the
     primary; eventual reads a usable replica, pinned or not. Without it, the
     ``consistency()`` block or ``READ_CONSISTENCY`` decides, and a shard this context wrote
     within ``PIN_AFTER_WRITE_SECONDS``, or one inside ``transaction.atomic``, reads its
-    primary.
+    primary. With ``connect``, a replica is connected before it is chosen (one that cannot
+    connect is skipped); callers that retry a failed read themselves pass False.
     """
     if not shard.replicas:
         return shard.primary
@@ -164,12 +165,13 @@ def read_alias(shard: Shard, consistency: str | None = None) -> str:
             if gtid is None or get_config().read_your_writes != "gtid":
                 return shard.primary
             # exact read-your-writes: any replica that has applied the write will do
-            return pool.choose(shard, accept=lambda r: monitor.has_applied(r, gtid)) or (
-                shard.primary
+            return (
+                pool.choose(shard, accept=lambda r: monitor.has_applied(r, gtid), connect=connect)
+                or shard.primary
             )
     elif consistency == "strong":
         return shard.primary
-    return pool.choose(shard) or shard.primary
+    return pool.choose(shard, connect=connect) or shard.primary
 
 
 def shard_map_for(model: type[models.Model]) -> ShardMap:

@@ -139,7 +139,16 @@ class ConsistentHashStrategy(Strategy):
         return ring_point(key)
 
     def shard_for_key(self, layout: Layout, key: Any) -> str:
-        return layout.locate(ring_point(key))  # type: ignore[attr-defined]
+        # ring_point and RingLayout.locate inlined: this runs on every routed query
+        ring: RingLayout = layout  # type: ignore[assignment]
+        text = b"%d" % key if key.__class__ is int else canonical_text(key)
+        point = int.from_bytes(sha1(text).digest(), "big")
+        bucket = point >> ring._shift
+        first = ring._first
+        try:
+            return ring._owners[bisect_right(ring._tokens, point, first[bucket], first[bucket + 1])]
+        except IndexError:
+            return ring.locate(point)  # raises NoShardForKey
 
     def initial_layout(self, shards: Sequence[ShardSettings]) -> RingLayout:
         problem = _vnodes_problem(self.vnodes)
