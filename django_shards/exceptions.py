@@ -18,7 +18,8 @@ class NoShardForKey(ShardingError, LookupError):
 
 
 class ShardUnavailable(ShardingError, OperationalError):
-    """A shard's primary cannot be reached (also an ``OperationalError``, as before)."""
+    """A shard's primary, or the catalog holding the shard maps, cannot be reached (also an
+    ``OperationalError``, as before)."""
 
 
 class ShardMoving(ShardingError):

@@ -767,6 +767,7 @@ class ShardedQuerySet(models.QuerySet):
         if sk is None:
             return
         shard_map = get_map(sk.group)
+        shard_map.check_confirmed()
         frozen = {f.source for f in shard_map.freezes} & {s.name for s in shards}
         if not frozen:
             return

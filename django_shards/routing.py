@@ -73,6 +73,7 @@ def write_shard(instance: models.Model) -> Shard:
     if value is not None:
         shard_map.check_writable(value)
         return shard_map.shard_for_key(value)
+    shard_map.check_confirmed()
     shard = shard_map.shard_for_alias(instance._state.db)  # a deferred key: where it was read
     if shard is None:
         return require_instance_shard(instance)

@@ -8,6 +8,7 @@ before it routes anything, so a cutover that waits one full lease is seen by eve
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -18,8 +19,10 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 
 from django_shards.conf import GroupSettings, Shard, get_config
-from django_shards.exceptions import ShardingError, ShardMoving, UnknownShard
+from django_shards.exceptions import ShardingError, ShardMoving, ShardUnavailable, UnknownShard
 from django_shards.strategies.base import Layout, Strategy, load_strategy
+
+logger = logging.getLogger("django_shards")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,19 @@ class ShardMap:
     layout: Layout
     shards: Mapping[str, Shard]  # every shard the map knows, by name, in layout order
     freezes: tuple[Freeze, ...] = ()
+    #: why this map could not be confirmed within its lease (the catalog failed), or None;
+    #: a stale map still routes reads, and refuses writes (ShardUnavailable)
+    stale: str | None = None
+
+    def check_confirmed(self) -> None:
+        """Raise ``ShardUnavailable`` if the map is stale: a split may have moved keys since
+        it was read, so a write routed by it could land on a shard that no longer owns them."""
+        if self.stale is not None:
+            raise ShardUnavailable(
+                f"The map of group {self.group!r} could not be re-read from the catalog "
+                f"({self.stale}); writes are refused until it answers, since a split may have "
+                "moved keys meanwhile. Reads carry on with the last map. Retry in a moment."
+            )
 
     def moving(self, key: Any) -> Freeze | None:
         """The freeze ``key`` is under (a write to it must wait), or None."""
@@ -52,7 +68,10 @@ class ShardMap:
         return None
 
     def check_writable(self, key: Any) -> None:
-        """Raise ``ShardMoving`` if ``key`` is frozen by a split's cutover."""
+        """Raise ``ShardMoving`` if ``key`` is frozen by a split's cutover
+        (``ShardUnavailable`` if the map itself is stale)."""
+        if self.stale is not None:
+            self.check_confirmed()
         if self.freezes and (freeze := self.moving(key)) is not None:
             raise ShardMoving(
                 f"Key {key!r} of group {self.group!r} is moving from shard {freeze.source!r} "
@@ -133,19 +152,39 @@ def _map_from_row(group: GroupSettings, row: Any) -> ShardMap:
     )
 
 
+class CatalogUnreadable(Exception):
+    """The catalog failed (unreachable, or an error other than its tables being absent)."""
+
+
+def read_catalog(model: Any, read: Any, empty: Any) -> Any:
+    """``read()`` on the catalog; ``empty`` when the catalog has no such table yet (not
+    migrated: version 1 from settings is then the map). Raises ``CatalogUnreadable`` on
+    any other failure: the caller must not mistake a dead catalog for an empty one."""
+    catalog = get_config().catalog
+    conn = connections[catalog]
+    try:
+        if conn.in_atomic_block:
+            with transaction.atomic(using=catalog):  # a savepoint: a failure stays local
+                return read()
+        return read()
+    except DatabaseError as exc:
+        error = exc
+    try:
+        with conn.cursor() as cursor:
+            tables = conn.introspection.table_names(cursor)
+    except DatabaseError:
+        tables = None
+    if tables is not None and model._meta.db_table not in tables:
+        return empty
+    raise CatalogUnreadable(f"catalog {catalog!r}: {error}") from error
+
+
 def _frozen_jobs(group: str) -> list[Any]:
     """The split jobs of ``group`` whose moving keys are frozen (empty without a catalog)."""
     from django_shards.models import SplitJob
 
-    catalog = get_config().catalog
-    qs = SplitJob.objects.using(catalog).filter(group=group, frozen=True)
-    try:
-        if connections[catalog].in_atomic_block:
-            with transaction.atomic(using=catalog):
-                return list(qs)
-        return list(qs)
-    except DatabaseError:
-        return []
+    qs = SplitJob.objects.using(get_config().catalog).filter(group=group, frozen=True)
+    return read_catalog(SplitJob, lambda: list(qs), [])
 
 
 def _latest_row(group: str) -> Any:
@@ -154,13 +193,7 @@ def _latest_row(group: str) -> Any:
 
     catalog = get_config().catalog
     qs = ShardMapVersion.objects.using(catalog).filter(group=group).order_by("-version")
-    try:
-        if connections[catalog].in_atomic_block:
-            with transaction.atomic(using=catalog):  # a savepoint: a failure stays local
-                return qs.first()
-        return qs.first()
-    except DatabaseError:
-        return None
+    return read_catalog(ShardMapVersion, qs.first, None)
 
 
 class MapRegistry:
@@ -184,13 +217,47 @@ class MapRegistry:
         if entry is not None and not refreshing.acquire(blocking=False):
             return entry[0]
         try:
-            return self.refresh(group)
+            return self._reload(group)
+        except CatalogUnreadable as exc:
+            if entry is None:  # nothing to route by: a dead catalog is an error
+                raise self._unavailable(group, exc) from exc
+            # keep routing reads by the last map; it refuses writes until the catalog
+            # answers (tried again after another lease)
+            with self._lock:
+                shard_map = entry[0]
+                if shard_map.stale is None:
+                    logger.warning(
+                        "map of group %r not re-read (%s): writes refused until the catalog "
+                        "answers",
+                        group,
+                        exc,
+                    )
+                    shard_map = replace(shard_map, stale=str(exc))
+                self._maps[group] = (shard_map, time.monotonic())
+                return shard_map
         finally:
             if entry is not None:
                 refreshing.release()
 
+    @staticmethod
+    def _unavailable(group: str, exc: CatalogUnreadable) -> ShardUnavailable:
+        return ShardUnavailable(
+            f"The map of group {group!r} cannot be read from the catalog ({exc}); nothing "
+            "is routed by a map that may be out of date."
+        )
+
     def refresh(self, group: str) -> ShardMap:
-        """Re-read ``group``'s map now and restart its lease."""
+        """Re-read ``group``'s map now and restart its lease.
+
+        Raises ``ShardUnavailable`` when the catalog fails (its tables missing is not a
+        failure: version 1 from settings is then the map).
+        """
+        try:
+            return self._reload(group)
+        except CatalogUnreadable as exc:
+            raise self._unavailable(group, exc) from exc
+
+    def _reload(self, group: str) -> ShardMap:
         config = get_config()
         try:
             settings_group = config.groups[group]
@@ -216,8 +283,8 @@ class MapRegistry:
                 Freeze(j.source, j.target, shard_map.strategy.load_layout(j.new_layout))
                 for j in jobs
             )
-            if freezes != shard_map.freezes:
-                shard_map = replace(shard_map, freezes=freezes)
+            if freezes != shard_map.freezes or shard_map.stale is not None:
+                shard_map = replace(shard_map, freezes=freezes, stale=None)
             self._maps[group] = (shard_map, time.monotonic())
             return shard_map
 

@@ -15,9 +15,16 @@ from typing import Any
 from django.db import DatabaseError, connections, models
 
 from django_shards.conf import get_config
+from django_shards.exceptions import ShardUnavailable
 from django_shards.health import AliasHealth, monitor
 from django_shards.keys import ShardKey, sharded_models
-from django_shards.shardmap import ShardMap, get_map
+from django_shards.shardmap import (
+    CatalogUnreadable,
+    ShardMap,
+    get_map,
+    map_from_settings,
+    read_catalog,
+)
 
 #: a shard holding more than this many times the mean rows of its group is "hot"
 HOT_FACTOR = 1.5
@@ -96,15 +103,22 @@ class GroupStatus:
 class ClusterStatus:
     catalog: str
     groups: list[GroupStatus]
+    #: why the catalog could not be read (maps then shown as last known or from settings)
+    catalog_error: str | None = None
 
     @property
     def healthy(self) -> bool:
-        return all(g.healthy for g in self.groups)
+        return self.catalog_error is None and all(g.healthy for g in self.groups)
 
     @property
     def problems(self) -> list[str]:
         """One sentence per unhealthy alias, failed split, or hot shard."""
         out = []
+        if self.catalog_error is not None:
+            out.append(
+                f"catalog {self.catalog!r} unreadable: {self.catalog_error} (maps shown may be "
+                "out of date; writes to sharded models are refused)"
+            )
         for group in self.groups:
             for shard in group.shards:
                 for h in shard.health:
@@ -125,6 +139,7 @@ class ClusterStatus:
     def as_dict(self) -> dict[str, Any]:
         return {
             "catalog": self.catalog,
+            "catalog_error": self.catalog_error,
             "healthy": self.healthy,
             "problems": self.problems,
             "groups": [g.as_dict() for g in self.groups],
@@ -203,8 +218,15 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
             continue
         by_group.setdefault(sk.group, []).append(sk)
     out = []
+    catalog_error = None
     for name in names:
-        shard_map = get_map(name)
+        try:
+            shard_map = get_map(name)
+        except ShardUnavailable as exc:  # no map read yet and the catalog is down
+            catalog_error = str(exc.__cause__ or exc)
+            shard_map = map_from_settings(config.groups[name])
+        if shard_map.stale is not None:
+            catalog_error = shard_map.stale
         keys = sorted(by_group.get(name, []), key=lambda k: k.model._meta.label)
         owners = set(shard_map.layout.shard_names())
         describe = shard_map.strategy.describe(shard_map.layout)
@@ -242,23 +264,26 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
             if not s.pending and mean and rows >= HOT_MIN_ROWS and rows > HOT_FACTOR * mean:
                 s.hot = True
                 s.suggestion = _suggestion(name, shard_map, s.name, keys, exact_counts)
+        active = SplitJob.objects.using(config.catalog).filter(
+            group=name, phase__in=SplitJob.ACTIVE_PHASES
+        )
         try:
-            jobs = [
-                {
-                    "id": j.pk,
-                    "source": j.source,
-                    "target": j.target,
-                    "phase": j.phase,
-                    "frozen": j.frozen,
-                    "error": j.error,
-                    "updated": j.updated.isoformat(),
-                }
-                for j in SplitJob.objects.using(config.catalog).filter(
-                    group=name, phase__in=SplitJob.ACTIVE_PHASES
-                )
-            ]
-        except DatabaseError:
-            jobs = []
+            found = read_catalog(SplitJob, lambda qs=active: list(qs), [])
+        except CatalogUnreadable as exc:
+            found = []
+            catalog_error = catalog_error or str(exc)
+        jobs = [
+            {
+                "id": j.pk,
+                "source": j.source,
+                "target": j.target,
+                "phase": j.phase,
+                "frozen": j.frozen,
+                "error": j.error,
+                "updated": j.updated.isoformat(),
+            }
+            for j in found
+        ]
         out.append(
             GroupStatus(
                 name=name,
@@ -269,4 +294,4 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
                 splits=jobs,
             )
         )
-    return ClusterStatus(catalog=config.catalog, groups=out)
+    return ClusterStatus(catalog=config.catalog, groups=out, catalog_error=catalog_error)

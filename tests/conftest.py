@@ -2,8 +2,8 @@ import os
 
 import pytest
 from django.conf import settings
-from hypothesis import settings as hypothesis_settings
 from django.db import connections
+from hypothesis import settings as hypothesis_settings
 
 from django_shards import context
 from django_shards.conf import get_config
