@@ -49,6 +49,10 @@ class ShardKey:
         return self.normalize(instance.__dict__.get(self.attname))
 
     @cached_property
+    def column(self) -> str:
+        return self.field.column
+
+    @cached_property
     def int_key(self) -> bool:
         """Whether the key's values are ints (an integer field, or an FK to one)."""
         target = self.field.target_field if self.field.is_relation else self.field

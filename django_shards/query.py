@@ -273,6 +273,30 @@ class ShardedQuerySet(models.QuerySet):
             if options.pinned_key is not _UNSET:
                 return [shard_map.shard_for_key(sk.normalize(options.pinned_key))]
         query = self.query
+        where = query.where
+        children = where.children
+        if len(children) == 1 and not where.negated and not query.combinator:
+            # the common case (get(pk=k), filter(author_id=k)) inlined: one key, = value;
+            # this runs on every routed query, where a call or two shows (cold caches)
+            node = children[0]
+            if isinstance(node, lookups.Exact):
+                lhs, rhs = node.lhs, node.rhs
+                if (
+                    isinstance(lhs, Col)
+                    and getattr(lhs.target, "column", None) == sk.column
+                    and lhs.alias == next(iter(query.alias_map), None)
+                    and not hasattr(rhs, "resolve_expression")
+                ):
+                    if rhs.__class__ is not int or not sk.int_key:
+                        rhs = sk.normalize(rhs)
+                    try:
+                        return [
+                            shard_map.shards[
+                                shard_map.strategy.shard_for_key(shard_map.layout, rhs)
+                            ]
+                        ]
+                    except NoShardForKey:
+                        return []
         if query.combinator:
             found = [
                 shards_from_where(q.where, _base_alias(q), sk, shard_map)
