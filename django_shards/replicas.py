@@ -3,6 +3,10 @@
 A replica that fails to connect or errors is skipped for a cool-down and retried later;
 when no replica is usable the primary serves. ``REPLICA_SELECTION`` picks among usable
 replicas: ``round_robin``, ``random`` or ``fastest`` (lowest observed latency).
+
+A replica alias that is its primary's in-memory SQLite database (``TEST={"MIRROR": ...}``
+with Django's default test databases) reads without table locks, so a user's test suite
+works with the settings the quickstart gives (see :func:`read_mirror_without_locks`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from django.db import InterfaceError, OperationalError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import ShardUnavailable
@@ -72,6 +79,38 @@ def is_connection_error(exc: BaseException) -> bool:
         marker in text
         for marker in ("unable to open", "disk i/o", "connection", "not a database", "timed out")
     )
+
+
+def is_in_memory_mirror(connection: BaseDatabaseWrapper) -> bool:
+    """True when ``connection`` is a test mirror that is its primary's in-memory SQLite
+    database: Django's test runner gives a ``TEST={"MIRROR": primary}`` alias the primary's
+    NAME, by default one shared-cache in-memory database."""
+    if connection.vendor != "sqlite":
+        return False
+    settings = connection.settings_dict
+    mirror = (settings.get("TEST") or {}).get("MIRROR")
+    if not mirror or mirror not in connections or not connection.is_in_memory_db():
+        return False
+    return settings["NAME"] == connections[mirror].settings_dict["NAME"]
+
+
+@receiver(connection_created, dispatch_uid="django_shards.read_mirror_without_locks")
+def read_mirror_without_locks(
+    sender: type[BaseDatabaseWrapper], connection: BaseDatabaseWrapper, **kwargs: object
+) -> None:
+    """Open an in-memory test mirror in read-uncommitted mode.
+
+    A shared-cache SQLite database locks tables, and a second connection that reads a table
+    the first one has written in an open transaction fails at once with "database table is
+    locked". Django's ``TestCase`` holds such a transaction on the primary for every test,
+    opens one on each mirror too, and checks constraints through the mirror at teardown;
+    replica reads run on the mirror's connection. In read-uncommitted mode the mirror takes
+    no table locks, and so reads what the primary's connection sees: the test's rows.
+    Runs once per new connection, never on the routed path.
+    """
+    if is_in_memory_mirror(connection):
+        # on the driver's connection: not a query of the test (assertNumQueries)
+        connection.connection.execute("PRAGMA read_uncommitted = 1")
 
 
 @contextlib.contextmanager
