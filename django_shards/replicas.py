@@ -146,7 +146,7 @@ class ReplicaPool:
             return False
         return True
 
-    def mark_down(self, alias: str, error: BaseException | None = None) -> None:
+    def mark_down(self, alias: str, error: BaseException | str | None = None) -> None:
         """Skip ``alias`` for :data:`COOL_DOWN_SECONDS` and drop its broken connection."""
         with self._lock:
             self._down_until[alias] = time.monotonic() + COOL_DOWN_SECONDS
