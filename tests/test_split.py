@@ -138,9 +138,59 @@ def _all_models():
     return [m for models in GROUP_MODELS.values() for m in models]
 
 
+DEADLINE_SECONDS = 60.0
+# every split waits two map leases; the tests read maps after registry.reset(), so a short
+# lease changes nothing they observe and saves seconds per split
+MAP_LEASE_SECONDS = 0.2
+
+
+@pytest.fixture(autouse=True)
+def _short_map_lease(settings):
+    settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "MAP_LEASE_SECONDS": MAP_LEASE_SECONDS}
+
+
+def wait_until(condition, what: str, alive: threading.Thread | None = None) -> None:
+    """Poll ``condition`` until it holds; fail after DEADLINE_SECONDS, or as soon as the
+    thread ``alive`` (whose work the condition waits for) has ended without it."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if alive is not None and not alive.is_alive():
+            pytest.fail(f"{alive.name} ended before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {DEADLINE_SECONDS}s")
+        time.sleep(0.01)
+
+
+class SplitThread(threading.Thread):
+    """``shard_split ARGS`` on a thread of its own (own connections), as another process
+    would run it; ``output`` or ``error`` once it ends."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__(name="shard_split", daemon=True)
+        self.args, self.output, self.error = args, "", None
+
+    def run(self) -> None:
+        try:
+            self.output = split(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - judged by the test
+            self.error = exc
+        finally:
+            connections.close_all()
+
+
 @pytest.fixture
-def slow_split(monkeypatch):
-    monkeypatch.setenv("DJANGO_SHARDS_SPLIT_SLOW_SECONDS", "0.05")
+def hold_split(monkeypatch, tmp_path):
+    """``hold_split(point)``: the next split holds at ``point`` (the runner's test hook,
+    ``SplitRunner._hold``); returns the file whose appearance says it is held there and
+    whose removal releases it."""
+
+    def hold(point: str) -> Path:
+        held = tmp_path / "held"
+        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_AT", point)
+        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_FILE", str(held))
+        return held
+
+    return hold
 
 
 # -- running the command ----------------------------------------------------------------------
@@ -533,33 +583,55 @@ class Writer(threading.Thread):
 
 
 @db
-def test_writes_during_the_split_are_kept_or_refused_with_shard_moving(slow_split):
+def test_writes_during_the_split_are_kept_or_refused_with_shard_moving(hold_split):
     ring, authors = make_users({"s0": 6, "s1": 36, "s2": 6, "s3": 6}, posts_per_author=2)
     new_ring = ring.split("s1", "s4")
     moving = [a.pk for a in authors if new_ring.owner(a.pk) == "s4"]
     staying = [a.pk for a in authors if ring.owner(a.pk) == "s1" and a.pk not in moving]
     elsewhere = [a.pk for a in authors if ring.owner(a.pk) == "s0"]
     keys = moving[:6] + staying[:6] + elsewhere[:3]
+    moving_set = set(moving)
     stop = threading.Event()
     writers = [Writer(i, keys[i::3], stop) for i in range(3)]
+
+    def moving_writes(after: float = 0.0, op: str = "update") -> list[bool]:
+        """For each writer: has it made a write ``op`` to a moving key after ``after``?"""
+        return [
+            any(k in moving_set and o == op and t > after for k, o, t in w.ok_writes)
+            for w in writers
+        ]
+
+    def refused_ops() -> set[str]:
+        return {op for w in writers for k, op, e, _ in w.write_errors
+                if k in moving_set and isinstance(e, ShardMoving)}  # fmt: skip
+
+    held = hold_split("frozen")  # the moving keys frozen, one lease waited, nothing copied
     for w in writers:
         w.start()
     try:
-        time.sleep(0.3)
-        started = time.monotonic()
-        output = split("users", "s1", "--to", "s4", "--primary", "s4", "--replica", "s4_r1",
-                       "--batch-size", "10")  # fmt: skip
-        took = time.monotonic() - started
-        time.sleep(1.5)  # writers go on under the new map
+        wait_until(lambda: all(moving_writes()), "write to a moving key before the split")
+        runner = SplitThread("users", "s1", "--to", "s4", "--primary", "s4", "--replica",
+                             "s4_r1", "--batch-size", "10")  # fmt: skip
+        runner.start()
+        wait_until(held.exists, "split held in phase frozen", alive=runner)
+        # the writers run into the freeze while the split holds, before anything is copied
+        wait_until(lambda: refused_ops() >= {"update", "create"}, "write refused by the freeze")
+        held.unlink()
+        runner.join(timeout=DEADLINE_SECONDS)
+        assert not runner.is_alive() and runner.error is None, runner.error
+        finished = time.monotonic()
+        # the writers go on under the new map: a write to a moving key succeeds again
+        wait_until(
+            lambda: all(moving_writes(after=finished)), "write to a moving key after the split"
+        )
     finally:
         stop.set()
         for w in writers:
             w.join(timeout=30)
     assert not any(w.is_alive() for w in writers)
+    output = runner.output
     assert "done" in output
-    assert took > 2.5  # long enough for the writers to run into the freeze
 
-    moving_set = set(moving)
     errors = [e for w in writers for e in w.write_errors]
     unexpected = [e for e in errors if not isinstance(e[2], ShardMoving)]
     assert not unexpected, unexpected[:5]
@@ -831,7 +903,7 @@ def test_a_map_read_straddling_the_cutover_does_not_lose_a_write(monkeypatch):
     mover = next(a.pk for a in authors if ring.split("s1", "s4").owner(a.pk) == "s4")
     _, runner = _start_job(("prepare", "freeze", "copy", "verify"))
     registry.reset()
-    latest_row, fired = shardmap._latest_row, []
+    latest_row, fired, committed_first = shardmap._latest_row, [], []
 
     def cutover_elsewhere() -> None:  # another process, on connections of its own
         try:
@@ -844,7 +916,8 @@ def test_a_map_read_straddling_the_cutover_does_not_lose_a_write(monkeypatch):
         if not fired:  # the cutover commits right after this process read the map's row
             fired.append(threading.Thread(target=cutover_elsewhere))
             fired[0].start()
-            fired[0].join(timeout=3)  # (a reader holding a snapshot may keep it waiting)
+            fired[0].join(timeout=DEADLINE_SECONDS)
+            committed_first.append(not fired[0].is_alive())
         return row
 
     monkeypatch.setattr(shardmap, "_latest_row", latest_row_then_cutover)
@@ -854,6 +927,7 @@ def test_a_map_read_straddling_the_cutover_does_not_lose_a_write(monkeypatch):
         written = False  # refused, retryable: fine
     monkeypatch.setattr(shardmap, "_latest_row", latest_row)
     fired[0].join()
+    assert committed_first == [True]  # the write really straddled the cutover
     runner.job.refresh_from_db()
     assert runner.job.phase == SplitJob.Phase.CUT_OVER
     runner.cleanup()

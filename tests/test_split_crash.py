@@ -3,9 +3,10 @@ each phase, then ``--resume``, ends with the group's data unchanged (identical c
 every row on exactly the shard the new map assigns, map version base+2 and no freeze left.
 
 The split runs in a subprocess (``python -m django shard_split ...``) on the test run's own
-databases (``SHARDS_USE_TEST_DATABASES=1``), slowed down by the runner's test hook
-``DJANGO_SHARDS_SPLIT_SLOW_SECONDS`` so the test can watch the catalog's ``SplitJob`` and
-send ``SIGKILL`` at the moment it wants. The resume runs in the test process.
+databases (``SHARDS_USE_TEST_DATABASES=1``). The runner's test hook
+(``DJANGO_SHARDS_SPLIT_PAUSE_AT``, see ``SplitRunner._hold``) holds it at the kill point and
+announces it in a file; the test waits for that file and sends ``SIGKILL`` there, so where
+the kill lands never depends on timing. The resume runs in the test process.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ MODELS = (Author, Post, Follow)
 AUTHORS, POSTS_EACH = 60, 3
 FIRST_AUTHOR_ID = 1000
 BATCH = "5"
-SLOW_SECONDS = "0.2"
-POLL_SECONDS = 0.03
+POLL_SECONDS = 0.02
+# a short map lease in both processes: the split waits two leases, nothing here needs long ones
+MAP_LEASE_SECONDS = 0.2
 DEADLINE_SECONDS = 60.0
 
 SPLIT_ARGV = [
@@ -52,22 +54,21 @@ SPLIT_ARGV = [
 ]  # fmt: skip
 RESUME_ARGV = ["shard_split", GROUP, SOURCE, "--resume", "--batch-size", BATCH]
 
-# ``python -m django ARGV``, except that the replicas keep their TEST["MIRROR"]:
+# ``python -m django ARGV``, except that the replicas keep their TEST["MIRROR"] (
 # tests/settings.py clears TEST under SHARDS_USE_TEST_DATABASES, and then check E007 and
-# plan_split's replica check refuse every split
-BOOTSTRAP = """
+# plan_split's replica check refuse every split), and the map lease is the test's
+BOOTSTRAP = f"""
 import sys
 from tests import settings
 for alias, cfg in settings.DATABASES.items():
     if alias.endswith("_r1"):
-        cfg["TEST"] = {**cfg.get("TEST", {}), "MIRROR": alias[: -len("_r1")]}
+        cfg["TEST"] = {{**cfg.get("TEST", {{}}), "MIRROR": alias[: -len("_r1")]}}
+settings.DJANGO_SHARDS["MAP_LEASE_SECONDS"] = {MAP_LEASE_SECONDS!r}
 from django.core.management import execute_from_command_line
 execute_from_command_line(["django", *sys.argv[1:]])
 """
 # every subprocess started, so that teardown can kill what a failed test left running
 STARTED: list[Split] = []
-# the order the runner walks the phases in, to tell "not there yet" from "went past it"
-ORDER = [p.value for p in SplitJob.Phase if p != SplitJob.Phase.ABORTED]
 
 
 def empty_target() -> None:
@@ -86,7 +87,8 @@ def empty_target() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _target_starts_and_ends_empty(transactional_db):
+def _target_starts_and_ends_empty(transactional_db, settings):
+    settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "MAP_LEASE_SECONDS": MAP_LEASE_SECONDS}
     empty_target()
     yield
     while STARTED:  # a test that failed before its kill leaves no split running
@@ -149,15 +151,20 @@ def rows_by_shard(model) -> dict[str, set]:
 
 
 class Split:
-    """``shard_split`` in a subprocess of its own process group, output to files."""
+    """``shard_split`` in a subprocess of its own process group, output to files, held by
+    the runner's test hook at ``hold_at`` (a point named in ``SplitRunner._hold``)."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], hold_at: str) -> None:
+        self.hold_at = hold_at
+        self.dir = tempfile.TemporaryDirectory(prefix="split-crash-")
+        self.held = Path(self.dir.name) / "held"
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "SHARDS_USE_TEST_DATABASES": "1",
-            "DJANGO_SHARDS_SPLIT_SLOW_SECONDS": SLOW_SECONDS,
+            "DJANGO_SHARDS_SPLIT_PAUSE_AT": hold_at,
+            "DJANGO_SHARDS_SPLIT_PAUSE_FILE": str(self.held),
             "PYTHONUNBUFFERED": "1",
         }
         if not MARIADB:
@@ -188,49 +195,43 @@ class Split:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         connections.close_all()
+        self.dir.cleanup()
 
     def fail(self, message: str) -> None:
         self.kill()
         pytest.fail(f"{message}\n{self.output()}")
 
-    def kill_when(self, phase: str, ready: Callable[[SplitJob], bool], label: str) -> SplitJob:
-        """Poll the catalog until the job is in ``phase`` and ``ready(job)``; SIGKILL the
-        process there. Returns the job as the catalog held it right after the kill."""
+    def kill_when_held(self) -> SplitJob:
+        """Wait (with a deadline) until the split says it is held at its point, SIGKILL it
+        there. Returns the job as the catalog holds it after the kill."""
         deadline = time.monotonic() + DEADLINE_SECONDS
-        last = None
-        while True:
-            job = SplitJob.objects.using("default").filter(group=GROUP).first()
-            if job is not None:
-                last = job
-                if job.phase == phase and ready(job):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=30)
-                    connections.close_all()
-                    break
-                if ORDER.index(job.phase) > ORDER.index(phase):
-                    self.fail(
-                        f"{label}: the split went past phase {phase!r} ({job.phase}) "
-                        f"before the kill; progress {job.progress}"
-                    )
+        while not self.held.exists():
             if self.proc.poll() is not None:
                 self.fail(
-                    f"{label}: shard_split exited ({self.proc.returncode}) before the "
-                    f"kill point; last job {last and (last.phase, last.progress)}"
+                    f"shard_split exited ({self.proc.returncode}) before it reached "
+                    f"{self.hold_at!r}"
                 )
             if time.monotonic() > deadline:
-                self.fail(
-                    f"{label}: no kill point within {DEADLINE_SECONDS}s; "
-                    f"last job {last and (last.phase, last.progress)}"
-                )
+                self.fail(f"shard_split did not reach {self.hold_at!r} in {DEADLINE_SECONDS}s")
             time.sleep(POLL_SECONDS)
+        assert self.held.read_text() == self.hold_at
+        self.kill()
         assert self.proc.returncode == -signal.SIGKILL, self.output()
-        job = SplitJob.objects.using("default").get(pk=job.pk)
-        # the kill really landed in that phase: the catalog has not moved on
-        assert job.phase == phase, (label, job.phase, job.progress, self.output())
-        return job
+        return SplitJob.objects.using("default").get(group=GROUP)
 
 
-# -- kill points: (phase the job is in, extra condition on its progress) -------------------
+def kill_at(argv: list[str], point: str) -> tuple[Split, SplitJob]:
+    """Run ``argv``, SIGKILL it at kill point ``point`` and check the catalog shows the
+    split killed exactly there."""
+    hold_at, phase, check = KILL_POINTS[point]
+    split = Split(argv, hold_at)
+    job = split.kill_when_held()
+    assert job.phase == phase, (point, job.phase, job.progress, split.output())
+    assert check(job), (point, job.frozen, job.progress, split.output())
+    return split, job
+
+
+# -- kill points: the hook's point, the phase recorded there, what the job shows -----------
 
 
 def pending_version_written() -> bool:
@@ -247,21 +248,31 @@ def copy_state(job: SplitJob, model) -> tuple[int, bool]:
     return state.get("rows", 0), bool(state.get("complete"))
 
 
-KILL_POINTS: dict[str, tuple[str, Callable[[SplitJob], bool]]] = {
+def copying_the_last_table(job: SplitJob) -> bool:
+    """The first tables copied, the last one (Post) partly copied."""
+    rows, complete = copy_state(job, Post)
+    return copy_state(job, Author)[1] and copy_state(job, Follow)[1] and rows > 0 and not complete
+
+
+def copying_the_first_table(job: SplitJob) -> bool:
+    """Some of Author copied, nothing of the others."""
+    rows, complete = copy_state(job, Author)
+    return 0 < rows == copied_rows(job) and not complete
+
+
+KILL_POINTS: dict[str, tuple[str, str, Callable[[SplitJob], bool]]] = {
     # in prepare: the pending map version written, the phase not yet recorded
-    "planned": ("planned", lambda job: pending_version_written()),
-    # in freeze: the freeze announced, its lease not yet waited out
-    "prepared": ("prepared", lambda job: job.frozen),
-    "frozen": ("frozen", lambda job: not job.progress.get("copy")),
-    # mid-copy: the first tables complete, the last one (Post) partly copied
-    "copying": (
-        "frozen",
-        lambda job: 0 < copy_state(job, Post)[0] and not copy_state(job, Post)[1],
-    ),
-    "copied": ("copied", lambda job: True),
-    "verified": ("verified", lambda job: True),
-    "cut_over": ("cut_over", lambda job: not job.progress.get("cleanup")),
-    "cleaning": ("cut_over", lambda job: bool(job.progress.get("cleanup"))),
+    "planned": ("target pending", "planned", lambda job: pending_version_written()),
+    # in freeze: the freeze recorded, its lease not yet waited out
+    "prepared": ("freeze recorded", "prepared", lambda job: job.frozen),
+    "frozen": ("frozen", "frozen", lambda job: job.frozen and not job.progress.get("copy")),
+    "copying": ("copy testapp.Post", "frozen", copying_the_last_table),
+    "copying the first table": ("copy testapp.Author", "frozen", copying_the_first_table),
+    "copied": ("copied", "copied", lambda job: job.frozen),
+    "verified": ("verified", "verified", lambda job: job.frozen),
+    "cut_over": ("cut_over", "cut_over", lambda job: not job.progress.get("cleanup")),
+    # mid-clean-up: a batch of the first table cleaned up (children first: Post)
+    "cleaning": ("cleanup testapp.Post", "cut_over", lambda job: bool(job.progress.get("cleanup"))),
 }
 
 
@@ -374,17 +385,10 @@ def start() -> tuple[dict[str, list[tuple]], int]:
 # -- the tests ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.parametrize("point", [p for p in KILL_POINTS if p != "copying the first table"])
 def test_kill_9_in_each_phase_then_resume_ends_with_identical_checksums(point):
     before, base = start()
-    phase, ready = KILL_POINTS[point]
-    split = Split(SPLIT_ARGV)
-    killed = split.kill_when(phase, ready, point)
-    if point == "copying":
-        assert copy_state(killed, Author)[1] and copy_state(killed, Follow)[1], killed.progress
-        assert 0 < copy_state(killed, Post)[0] and not copy_state(killed, Post)[1]
-    if point == "cleaning":
-        assert killed.progress["cleanup"], killed.progress
+    split, killed = kill_at(SPLIT_ARGV, point)
     write_while_dead(killed, before)
 
     log = resume()
@@ -396,17 +400,10 @@ def test_two_kills_in_a_row_then_resume():
     """Killed while copying the first table, resumed in another process and killed again
     mid-clean-up, then resumed to the end."""
     before, base = start()
-    first = Split(SPLIT_ARGV)
-    killed = first.kill_when(
-        "frozen",
-        lambda job: 0 < copied_rows(job) and not copy_state(job, Author)[1],
-        "first kill (copying the first table)",
-    )
-    assert not copy_state(killed, Follow)[0] and not copy_state(killed, Post)[0]
+    _, killed = kill_at(SPLIT_ARGV, "copying the first table")
     write_while_dead(killed, before)
 
-    second = Split(RESUME_ARGV)
-    killed = second.kill_when("cut_over", KILL_POINTS["cleaning"][1], "second kill (cleaning)")
+    _, killed = kill_at(RESUME_ARGV, "cleaning")
     write_while_dead(killed, before)
 
     log = resume()

@@ -105,7 +105,7 @@ class SplitRunner:
         self.tables = group_tables(job.group)
         # the source's primary: from the map the job started from (it never changes)
         self.source_alias = next(s["primary"] for s in job.new_shards if s["name"] == job.source)
-        self._slow = float(os.environ.get("DJANGO_SHARDS_SPLIT_SLOW_SECONDS", "0") or 0)
+        self._hold_at = os.environ.get("DJANGO_SHARDS_SPLIT_PAUSE_AT")  # test hook, see _hold
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -134,10 +134,22 @@ class SplitRunner:
         self._save(phase=phase)
         self.report(f"phase: {phase}")
 
-    def _pause(self) -> None:
-        """Test hook: slow each step down so a test can kill the process mid-phase."""
-        if self._slow:
-            time.sleep(self._slow)
+    def _hold(self, point: str) -> None:
+        """Test hook, inert unless ``DJANGO_SHARDS_SPLIT_PAUSE_AT`` names ``point``: then the
+        runner, on reaching it, writes the point's name to the file that
+        ``DJANGO_SHARDS_SPLIT_PAUSE_FILE`` names and holds there until that file is deleted
+        (or the process killed), once. Points: each phase name as the phase is recorded,
+        ``target pending`` (in prepare), ``freeze recorded`` (in freeze, before the lease),
+        ``copy <label>`` and ``cleanup <label>`` after a batch that wrote rows."""
+        if point != self._hold_at:
+            return
+        self._hold_at = None
+        path = os.environ["DJANGO_SHARDS_SPLIT_PAUSE_FILE"]
+        with open(f"{path}.tmp", "w") as announce:
+            announce.write(point)
+        os.replace(f"{path}.tmp", path)
+        while os.path.exists(path):
+            time.sleep(0.01)
 
     def moves(self, raw_key: Any, spec: TableSpec) -> bool:
         key = spec.key.normalize(raw_key)
@@ -163,7 +175,7 @@ class SplitRunner:
         }
         while self.job.phase in steps:
             steps[self.job.phase]()
-            self._pause()
+            self._hold(self.job.phase)
         return self.job
 
     def prepare(self) -> None:
@@ -175,6 +187,7 @@ class SplitRunner:
                 current.layout,
                 note=f"split {self.job.source} -> {self.target.name}: target pending",
             )
+        self._hold("target pending")
         self.report(f"creating the group's tables on {self.target.primary}")
         call_command("migrate", database=self.target.primary, interactive=False, verbosity=0)
         self._create_missing_tables()
@@ -223,6 +236,7 @@ class SplitRunner:
         if self.job.progress.get("dirty"):  # a failed verification: copy afresh
             self._empty_target()
         self._save(frozen=True, progress={**self.job.progress, "frozen_at": time.time()})
+        self._hold("freeze recorded")
         self.wait_lease("so every process sees the freeze", self.report)
         self._advance(Phase.FROZEN)
 
@@ -250,7 +264,8 @@ class SplitRunner:
                 after = rows[-1][pk_index]
                 self._record_copy(spec.label, after=after, rows=copied)
                 self.report(f"copy {spec.label}: {copied} rows (up to pk {after})")
-                self._pause()
+                if moving:
+                    self._hold(f"copy {spec.label}")
             elapsed = time.monotonic() - started
             self._record_copy(spec.label, after=after, rows=copied, complete=True, seconds=elapsed)
         self._advance(Phase.COPIED)
@@ -363,7 +378,7 @@ class SplitRunner:
                     cleanup = {**self.job.progress.get("cleanup", {}), spec.label: deleted}
                     self._save(progress={**self.job.progress, "cleanup": cleanup})
                     self.report(f"clean-up {spec.label}: {deleted} rows deleted from the source")
-                    self._pause()
+                    self._hold(f"cleanup {spec.label}")
         self._advance(Phase.CLEANED)
 
     def finish(self) -> None:
