@@ -2,9 +2,10 @@
 
 Settings checks read the raw ``DJANGO_SHARDS`` (merged over :data:`conf.DEFAULTS`) and
 ``DATABASES`` defensively: a malformed setting yields a message, never a traceback. Model
-checks (tag ``models``) look at the models that carry a ``ShardedManager``. No check
-touches a database. Every id is documented in ``docs/checks.md``; strategies add their own
-(``E020``-``E025``, ``W020``) through ``Strategy.check``.
+checks (tag ``models``) look at the models that carry a ``ShardedManager``. Only the
+checks tagged ``database`` (E030, E031) read a database: the catalog. Every id is
+documented in ``docs/checks.md``; strategies add their own (``E020``-``E025``, ``W020``)
+through ``Strategy.check``.
 """
 
 from __future__ import annotations
@@ -331,11 +332,16 @@ def _check_shard(
     elif isinstance(replicas, str) or not (
         isinstance(replicas, (list, tuple)) and all(_is_alias(r) for r in replicas)
     ):
+        if isinstance(replicas, str) and replicas:
+            example = f'"REPLICAS": [{replicas!r}] (a list, even for one replica)'
+        else:
+            replica = f"{shard.get('PRIMARY') or 'primary'}_r1"
+            example = f'"REPLICAS": [{replica!r}] (a list of aliases)'
         messages.append(
             _error(
                 "E002",
                 f"REPLICAS of {where} must be a list of alias names, not {replicas!r}.",
-                'Write "REPLICAS": ["s0_r1"] (a list, even for one replica), or leave it out.',
+                f"Write {example}, or leave it out.",
                 obj,
             )
         )
@@ -456,7 +462,7 @@ def _check_aliases(
         )
 
     for alias, shards in replicas.items():
-        if alias in databases:
+        if alias in databases and alias not in primaries:  # a primary too: E006 says so
             messages += _check_mirror(alias, shards, databases[alias])
     return messages
 
@@ -508,9 +514,9 @@ def _check_mirror(alias: str, shards: Sequence[_ShardEntry], database: Any) -> l
     """E007: a replica's test database must mirror its shard's primary."""
     test = database.get("TEST") if isinstance(database, Mapping) else None
     mirror = test.get("MIRROR") if isinstance(test, Mapping) else None
-    expected = list(dict.fromkeys(e.primary for e in shards))
-    if expected == [mirror]:
-        return []
+    expected = [p for p in dict.fromkeys(e.primary for e in shards) if p != alias]
+    if not expected or expected == [mirror]:
+        return []  # listed as its own shard's replica: E005/E006 report that
     where = f"Replica {alias!r} of {'; '.join(_where(e) for e in shards)}"
     if len(expected) > 1:
         msg = f"{where} serves different primaries ({', '.join(map(repr, expected))})."
@@ -612,6 +618,69 @@ def _check_gtid(
 def _engine(database: Any) -> str:
     engine = database.get("ENGINE") if isinstance(database, Mapping) else None
     return engine if isinstance(engine, str) else ""
+
+
+# -- the catalog: checks that read it (tag database) ---------------------------------------
+
+
+@register(Tags.database, TAG)
+def check_catalog_agrees(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """E030 settings that place keys otherwise than the catalog, E031 aliases the catalog
+    names that DATABASES lacks. Reads the catalog, so it runs only when asked for the
+    catalog's database (``check --database``, ``migrate``); a catalog that cannot be read
+    (not migrated yet, or down) is not this check's business."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db import DatabaseError
+
+    from django_shards import catalog
+
+    try:
+        config = conf.get_config()
+    except ImproperlyConfigured:
+        return []  # the settings checks say why
+    if not databases or config.catalog not in databases:
+        return []
+    messages: list[CheckMessage] = []
+    try:
+        for name, group in config.groups.items():
+            found = catalog.settings_disagreement(group)
+            if found is None:
+                continue
+            version, differences = found
+            messages.append(
+                _error(
+                    "E030",
+                    f"The settings of shard group {name!r} place keys otherwise than the "
+                    f"catalog's map (version {version}): {'; '.join(differences)}. Routing "
+                    "follows the catalog; these settings would strand existing rows.",
+                    "Put the settings back as the catalog has them; to change placement, "
+                    "split shards with `manage.py shard_split` (it moves the rows).",
+                    _group_obj(name),
+                )
+            )
+        missing = catalog.missing_aliases(_databases())
+    except (DatabaseError, ImproperlyConfigured):
+        return messages  # what could be read; the catalog's failure shows elsewhere
+    known = ", ".join(map(repr, _databases())) or "none"
+    for alias, uses in sorted(missing.items()):
+        where = "; ".join(
+            f"{role} of shard {shard!r} of group {group!r}" for group, shard, role in uses
+        )
+        messages.append(
+            _error(
+                "E031",
+                f"Alias {alias!r} ({where} in the catalog's map) is not in DATABASES: queries "
+                "routed to it fail.",
+                f"Add {alias!r} to DATABASES (DATABASES has {known}); the catalog, not the "
+                "settings, says which databases serve each shard.",
+                _group_obj(uses[0][0]),
+            )
+        )
+    return messages
 
 
 # -- model checks ------------------------------------------------------------------------

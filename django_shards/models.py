@@ -6,12 +6,17 @@ from django.db import models
 
 
 class ShardMapVersion(models.Model):
-    """One version of a group's shard map. Version 1 comes from settings and is not stored;
-    every split writes the next version here. Append-only."""
+    """One version of a group's shard map. Append-only.
+
+    Version 1 is recorded from settings by the first ``migrate`` that creates these tables;
+    every split writes the next version. Each version carries its own strategy and options,
+    and is decoded with them: from then on settings never move a key.
+    """
 
     group = models.CharField(max_length=100)
     version = models.PositiveIntegerField()
-    strategy = models.CharField(max_length=255)
+    strategy = models.CharField(max_length=255, help_text="dotted path of the strategy class")
+    options = models.JSONField(default=dict, help_text="the strategy's OPTIONS")
     shards = models.JSONField(help_text="[{name, primary, replicas}] in layout order")
     layout = models.JSONField(help_text="the strategy's layout, as Layout.to_json() wrote it")
     note = models.CharField(max_length=255, blank=True)

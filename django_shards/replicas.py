@@ -166,8 +166,9 @@ class ReplicaPool:
 
     def usable(self, alias: str) -> bool:
         """Not cooling down, passing the extra checks, and (MariaDB/MySQL) healthy: reachable,
-        replicating, within ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second)."""
-        if self.is_down(alias):
+        replicating, within ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second).
+        An alias missing from DATABASES (check E031) is never usable."""
+        if self.is_down(alias) or alias not in connections.settings:
             return False
         if self.usable_checks and not all(check(alias) for check in self.usable_checks):
             return False

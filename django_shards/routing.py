@@ -8,7 +8,12 @@ from django.db import connections, models, transaction
 
 from django_shards import context
 from django_shards.conf import Shard, get_config
-from django_shards.exceptions import ShardingError, ShardKeyRequired, ShardMoving
+from django_shards.exceptions import (
+    ShardingError,
+    ShardKeyRequired,
+    ShardMoving,
+    ShardUnavailable,
+)
 from django_shards.health import monitor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
@@ -93,9 +98,20 @@ def write_alias(shard: Shard, *, pin: bool = True) -> str:
     through signals (see :func:`pin_after_save`), since Django also asks the router for a
     write alias when it merely relates two objects.
     """
+    alias = shard.primary
+    if alias not in connections.settings:
+        raise _unconfigured(shard, alias)
     if pin:
-        context.pin(shard.primary, get_config().pin_after_write_seconds)
-    return shard.primary
+        context.pin(alias, get_config().pin_after_write_seconds)
+    return alias
+
+
+def _unconfigured(shard: Shard, alias: str) -> ShardUnavailable:
+    return ShardUnavailable(
+        f"Alias {alias!r}, the primary of shard {shard.name!r} in the catalog's shard map, is "
+        "not in DATABASES, so the shard cannot be reached; add it to DATABASES "
+        "(`manage.py check --database default` reports this as django_shards.E031)."
+    )
 
 
 def note_write(alias: str, *, same_session: bool = True) -> None:
@@ -144,6 +160,17 @@ def pin_after_save(
 
 def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = True) -> str:
     """The alias a read of ``shard`` uses.
+
+    An alias that the map names but ``DATABASES`` lacks (check E031) is never returned: such
+    a replica counts as down, such a primary raises ``ShardUnavailable``.
+    """
+    if shard.primary not in connections.settings:
+        raise _unconfigured(shard, shard.primary)
+    return _read_alias(shard, consistency, connect)
+
+
+def _read_alias(shard: Shard, consistency: str | None, connect: bool) -> str:
+    """:func:`read_alias` before its check that the alias exists.
 
     ``consistency`` is an explicit choice (``strong()``/``eventual()``): strong reads the
     primary; eventual reads a usable replica, pinned or not. Without it, the

@@ -1,9 +1,12 @@
 """The versioned shard map of each group, its lease, and catalog access.
 
-Version 1 of a group's map is built from settings. Later versions (written by splits) live
-in the catalog table :class:`~django_shards.models.ShardMapVersion`. A process holds each
-map under a lease: a map older than ``MAP_LEASE_SECONDS`` is re-read from the catalog
-before it routes anything, so a cutover that waits one full lease is seen by everyone.
+Every version of a group's map lives in the catalog table
+:class:`~django_shards.models.ShardMapVersion`: version 1 is recorded from settings by the
+first ``migrate`` (see :mod:`django_shards.catalog`), splits write the later ones, and each
+decodes with the strategy and options it stored. Only a group with nothing recorded yet
+routes by its settings. A process holds each map under a lease: a map older than
+``MAP_LEASE_SECONDS`` is re-read from the catalog before it routes anything, so a cutover
+that waits one full lease is seen by everyone.
 """
 
 from __future__ import annotations
@@ -128,8 +131,14 @@ class ShardMap:
         }
 
 
+def strategy_path_of(strategy: Strategy) -> str:
+    """The dotted path a stored version names its strategy by."""
+    cls = type(strategy)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def map_from_settings(group: GroupSettings) -> ShardMap:
-    """Version 1: the map the settings describe."""
+    """Version 1 as the settings describe it (what the first ``migrate`` records)."""
     strategy = load_strategy(group.strategy, group.options)
     return ShardMap(
         group=group.name,
@@ -140,16 +149,37 @@ def map_from_settings(group: GroupSettings) -> ShardMap:
     )
 
 
-def _map_from_row(group: GroupSettings, row: Any) -> ShardMap:
-    strategy = load_strategy(group.strategy, group.options)
+def map_from_row(row: Any) -> ShardMap:
+    """A stored version, decoded with the strategy and options it was stored with (never
+    the settings': they may have changed since). Raises ``ShardingError`` when it cannot."""
+    try:
+        strategy = load_strategy(row.strategy, row.options or {})
+        layout = strategy.load_layout(row.layout)
+    except Exception as exc:  # noqa: BLE001 - any failure: say which version and why
+        raise ShardingError(
+            f"Version {row.version} of the map of group {row.group!r} in the catalog cannot "
+            f"be decoded with its strategy {row.strategy!r}: {exc!r}."
+        ) from exc
     shards = [Shard.from_dict(d) for d in row.shards]
     return ShardMap(
-        group=group.name,
+        group=row.group,
         version=row.version,
         strategy=strategy,
-        layout=strategy.load_layout(row.layout),
+        layout=layout,
         shards={s.name: s for s in shards},
     )
+
+
+def version_fields(shard_map: ShardMap) -> dict[str, Any]:
+    """The catalog row fields that store ``shard_map`` (``ShardMapVersion``)."""
+    return {
+        "group": shard_map.group,
+        "version": shard_map.version,
+        "strategy": strategy_path_of(shard_map.strategy),
+        "options": dict(shard_map.strategy.options),
+        "shards": [s.as_dict() for s in shard_map.shards.values()],
+        "layout": shard_map.layout.to_json(),
+    }
 
 
 class CatalogUnreadable(Exception):
@@ -259,26 +289,25 @@ class MapRegistry:
 
     def _reload(self, group: str) -> ShardMap:
         config = get_config()
-        try:
-            settings_group = config.groups[group]
-        except KeyError:
-            known = ", ".join(config.groups) or "none"
-            raise ShardingError(
-                f"Unknown shard group {group!r} (DJANGO_SHARDS GROUPS: {known})."
-            ) from None
+        settings_group = config.groups.get(group)
         # freezes first: a cutover committing between the two reads then leaves a stale
         # freeze on the new map (writes wait a lease), never the old map without its freeze
         jobs = _frozen_jobs(group)
         row = _latest_row(group)
+        if row is None and settings_group is None:
+            known = ", ".join(config.groups) or "none"
+            raise ShardingError(f"Unknown shard group {group!r} (DJANGO_SHARDS GROUPS: {known}).")
         with self._lock:
             current = self._maps.get(group)
             if row is None:
+                # nothing recorded yet (before the first migrate): the settings are the map
+                assert settings_group is not None
                 shard_map = current[0] if current and current[0].version == 1 else None
                 shard_map = shard_map or map_from_settings(settings_group)
             elif current is not None and current[0].version == row.version:
                 shard_map = current[0]
             else:
-                shard_map = _map_from_row(settings_group, row)
+                shard_map = map_from_row(row)
             freezes = tuple(
                 Freeze(j.source, j.target, shard_map.strategy.load_layout(j.new_layout))
                 for j in jobs
@@ -316,14 +345,16 @@ def write_version(group: str, shards: Iterable[Shard], layout: Layout, note: str
 
     config = get_config()
     current = registry.refresh(group)
+    new = ShardMap(
+        group=group,
+        version=current.version + 1,
+        strategy=current.strategy,
+        layout=layout,
+        shards={s.name: s for s in shards},
+    )
     with transaction.atomic(using=config.catalog):
         row = ShardMapVersion.objects.using(config.catalog).create(
-            group=group,
-            version=current.version + 1,
-            strategy=config.groups[group].strategy,
-            shards=[s.as_dict() for s in shards],
-            layout=layout.to_json(),
-            note=note[:255],
+            **version_fields(new), note=note[:255]
         )
     registry.reset_group(group)
-    return _map_from_row(config.groups[group], row)
+    return map_from_row(row)

@@ -6,6 +6,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:
@@ -117,6 +118,20 @@ class Strategy(abc.ABC):
 
 
 def load_strategy(path: str, options: Mapping[str, Any] | None = None) -> Strategy:
-    """Instantiate the strategy class named by dotted ``path``."""
-    cls = import_string(path)
+    """Instantiate the strategy class named by dotted ``path``.
+
+    Raises ``ImproperlyConfigured`` when the path does not import or does not name a
+    :class:`Strategy` subclass (check ``E003`` reports the same before the first query).
+    """
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"STRATEGY {path!r} cannot be imported ({exc}); run `manage.py check` (E003)."
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ImproperlyConfigured(
+            f"STRATEGY {path!r} is not a django_shards.strategies.base.Strategy subclass; "
+            "run `manage.py check` (E003)."
+        )
     return cls(options)
