@@ -32,6 +32,12 @@ class FanoutError(ShardingError):
     """A shard failed during a fan-out query (and partial results were not allowed)."""
 
 
+class ShardKeyChanged(ShardingError, ValueError):
+    """A write would change a row's shard key: the row would stay on its old shard, or be
+    copied to the new one. Nothing was written. To move a row, create it with the new key
+    and delete the old one."""
+
+
 class CrossShardRelation(ShardingError, ValueError):
     """Two objects on different shards (or groups) were related."""
 

@@ -28,7 +28,7 @@ from django.db.models.expressions import Col
 from django.db.models.query import ModelIterable, prefetch_related_objects
 from django.db.models.sql.where import AND, NothingNode, WhereNode
 
-from django_shards import merge
+from django_shards import key_changes, merge
 from django_shards.conf import Shard, get_config
 from django_shards.context import validate_level
 from django_shards.exceptions import (
@@ -60,6 +60,7 @@ class _Options(NamedTuple):
     consistency: str | None = None  # strong(), eventual(), consistency()
     fanout: bool = False  # fanout()
     allow_partial: bool = False  # allow_partial()
+    keys_checked: bool = False  # bulk_update() checked its objects' keys: update() need not
 
 
 _NO_OPTIONS = _Options()
@@ -848,13 +849,22 @@ class ShardedQuerySet(models.QuerySet):
 
     # -- writes ------------------------------------------------------------------------
 
-    def _check_key_not_updated(self, fields: Iterable[str]) -> None:
+    def _check_key_not_updated(self, values: dict[str, Any]) -> None:
+        """Refuse an ``update()`` that sets the shard key (``ShardKeyChanged``), unless the
+        filters pin every row to the very key it sets."""
         sk = self._shard_key
-        if sk is not None and {sk.field_name, sk.attname} & set(fields):
-            raise ShardingError(
-                f"update() cannot change {self.model._meta.label}'s shard key "
-                f"{sk.field_name!r}: the rows would stay on their old shard."
-            )
+        if sk is None or self._options.keys_checked:
+            return
+        named = [f for f in (sk.field_name, sk.attname) if f in values]
+        if not named:
+            return
+        value = values[named[0]]
+        new = value if _is_expression(value) else key_changes.normalized(sk, value)
+        keys = keys_from_where(self.query.where, _base_alias(self.query), sk)
+        if keys is not None and not _is_expression(new) and keys <= {new}:
+            return  # "set the key to what it is": nothing moves
+        shards = [] if keys else [s.name for s in self._target_shards()]
+        raise key_changes.key_changed(sk, sorted(keys or (), key=repr), new, old_shards=shards)
 
     def update(self, **kwargs: Any) -> int:
         self._check_key_not_updated(kwargs)
@@ -933,6 +943,10 @@ class ShardedQuerySet(models.QuerySet):
             return created
         for alias, rows in self._by_shard(objs).items():
             self.using(alias).bulk_create(rows, *args, **kwargs)
+        sk = self._shard_key
+        assert sk is not None
+        for obj in objs:  # bulk_create sends no post_save: the keys stored are these
+            key_changes.remember_key(type(obj), obj)
         return objs
 
     def bulk_update(
@@ -943,9 +957,11 @@ class ShardedQuerySet(models.QuerySet):
             rows = super().bulk_update(objs, fields, *args, **kwargs)
             self._after_write(self._db)
             return rows
-        self._check_key_not_updated(fields)
+        sk = self._shard_key
+        assert sk is not None
+        key_changes.check_bulk_unchanged(sk, objs)  # before any shard is written
         return sum(
-            self.using(alias).bulk_update(rows, fields, *args, **kwargs)
+            self.using(alias)._with(keys_checked=True).bulk_update(rows, fields, *args, **kwargs)
             for alias, rows in self._by_shard(objs).items()
         )
 
