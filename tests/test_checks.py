@@ -158,6 +158,24 @@ def test_replicas_given_as_a_string_is_reported_as_e002_naming_the_shard() -> No
     assert message.obj == "DJANGO_SHARDS['GROUPS']['bad']"
 
 
+def test_e002_hint_names_the_users_own_replica_alias() -> None:
+    users = {"STRATEGY": "hash", "SHARDS": [shard("u0", PRIMARY="a0", REPLICAS="u0_r1")]}
+    (message,) = [
+        m for m in settings_messages(with_group("bad", users)) if m.id == "django_shards.E002"
+    ]
+    assert "['u0_r1']" in message.hint
+    assert "s0_r1" not in message.hint
+
+
+def test_a_shard_listing_its_primary_as_replica_gets_no_self_mirror_hint() -> None:
+    config = valid_shards()
+    config["GROUPS"]["users"]["SHARDS"][0]["REPLICAS"] = ["a0"]
+    messages = settings_messages(config)
+    assert "django_shards.E006" in ids(messages)
+    assert not any("\"MIRROR\": 'a0'}" in (m.hint or "") and "a0" in m.msg for m in messages)
+    assert not [m for m in messages if m.id == "django_shards.E007" and "'a0' of" in m.msg]
+
+
 class QuietStrategy(Strategy):
     """A custom strategy whose check finds nothing (never instantiated by the checks)."""
 
