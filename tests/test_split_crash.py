@@ -235,7 +235,10 @@ def kill_at(argv: list[str], point: str) -> tuple[Split, SplitJob]:
 
 
 def pending_version_written() -> bool:
-    return ShardMapVersion.objects.using("default").filter(group=GROUP).exists()
+    """The latest stored map version knows the target (pending: it owns nothing yet)."""
+    versions = ShardMapVersion.objects.using("default").filter(group=GROUP)
+    latest = versions.order_by("-version").first()
+    return latest is not None and TARGET in {s["name"] for s in latest.shards}
 
 
 def copied_rows(job: SplitJob) -> int:
