@@ -38,7 +38,7 @@ from django_shards.exceptions import SplitError
 from django_shards.health import probe
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
-from django_shards.shardmap import get_map, registry, write_version
+from django_shards.shardmap import ShardMap, get_map, registry, version_fields, write_version
 from django_shards.strategies.range import decode_bound, encode_bound
 
 Phase = SplitJob.Phase
@@ -341,13 +341,15 @@ class SplitRunner:
                 **self.job.progress,
                 "frozen_seconds": None if frozen_at is None else time.time() - frozen_at,
             }
-            ShardMapVersion.objects.using(catalog).create(
+            new_map = ShardMap(
                 group=self.group,
                 version=current.version + 1,
-                strategy=get_config().groups[self.group].strategy,
-                shards=[s.as_dict() for s in shards],
-                layout=self.new_layout.to_json(),
-                note=f"split {self.job.source} -> {self.target.name}",
+                strategy=current.strategy,  # a split never changes the strategy
+                layout=self.new_layout,
+                shards={s.name: s for s in shards},
+            )
+            ShardMapVersion.objects.using(catalog).create(
+                **version_fields(new_map), note=f"split {self.job.source} -> {self.target.name}"
             )
             self._save(phase=Phase.CUT_OVER, frozen=False, progress=progress, error="")
         registry.reset_group(self.group)
