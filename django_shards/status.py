@@ -4,6 +4,10 @@ Per group: strategy, map version, each shard's aliases, what it owns (key ranges
 share), the health of every alias, rows per model (estimates from the database's
 statistics by default, exact counts on request), balance (max/mean rows), hot shards with
 a suggested split, and splits in progress. Never includes credentials.
+
+Nothing here raises for a database that fails: a dead alias, a dead catalog, or an alias
+that the shard map names but ``DATABASES`` lacks (a deploy that forgot it) is reported, as
+a problem of that alias or of the catalog, with the rest of the report intact.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, connections, models
+from django.utils.connection import ConnectionDoesNotExist
 
 from django_shards.conf import get_config
 from django_shards.exceptions import ShardUnavailable
@@ -30,6 +35,29 @@ from django_shards.shardmap import (
 HOT_FACTOR = 1.5
 #: ... and holds at least this many rows (below it, imbalance is noise)
 HOT_MIN_ROWS = 1000
+
+
+#: what an alias that ``DATABASES`` lacks is, as its health's ``error``
+NOT_IN_DATABASES = "not in DATABASES"
+
+
+@dataclass(frozen=True)
+class UnconfiguredAlias(AliasHealth):
+    """The health of an alias that the shard map names but ``DATABASES`` lacks: never
+    reachable, so never healthy."""
+
+    @property
+    def problem(self) -> str:
+        return f"{NOT_IN_DATABASES} (the shard map names it; add it to settings.DATABASES)"
+
+
+def is_configured(alias: str) -> bool:
+    """True when ``alias`` is a key of ``DATABASES`` (as this process's connections see it)."""
+    try:
+        connections[alias]
+    except ConnectionDoesNotExist:
+        return False
+    return True
 
 
 @dataclass
@@ -72,6 +100,8 @@ class GroupStatus:
     models: list[str]
     shards: list[ShardStatus]
     splits: list[dict[str, Any]] = field(default_factory=list)
+    #: the map this status was read from (not in ``as_dict``)
+    shard_map: ShardMap | None = field(default=None, repr=False, compare=False)
 
     @property
     def balance(self) -> float | None:
@@ -148,6 +178,8 @@ class ClusterStatus:
 
 def _estimated_rows(alias: str, model: type[models.Model]) -> tuple[int | None, bool]:
     """(rows, exact): the database's statistics on MySQL/MariaDB, a count elsewhere."""
+    if not is_configured(alias):
+        return None, False
     conn = connections[alias]
     table = model._meta.db_table
     try:
@@ -167,6 +199,8 @@ def _estimated_rows(alias: str, model: type[models.Model]) -> tuple[int | None, 
 
 
 def _exact_rows(alias: str, model: type[models.Model]) -> int | None:
+    if not is_configured(alias):
+        return None
     try:
         return model._base_manager.using(alias).count()
     except DatabaseError:
@@ -193,7 +227,7 @@ def _suggestion(
         return base  # a range split without --at splits at the median key it finds
     try:
         at = median_key(shard_map, shard, keys[0])
-    except DatabaseError:
+    except (DatabaseError, ConnectionDoesNotExist):
         return base
     return base if at is None else f"{base} --at {at}"
 
@@ -209,7 +243,10 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
     def _probe(alias: str, role: str) -> AliasHealth:
         """Each alias is probed once per status, however many groups it serves."""
         if (alias, role) not in probes:
-            probes[alias, role] = monitor.get(alias, role, max_age=0)
+            if is_configured(alias):
+                probes[alias, role] = monitor.get(alias, role, max_age=0)
+            else:
+                probes[alias, role] = UnconfiguredAlias(alias, role, False, error=NOT_IN_DATABASES)
         return probes[alias, role]
 
     by_group: dict[str, list[ShardKey]] = {}
@@ -292,6 +329,7 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
                 models=[k.model._meta.label for k in keys],
                 shards=shards,
                 splits=jobs,
+                shard_map=shard_map,
             )
         )
     return ClusterStatus(catalog=config.catalog, groups=out, catalog_error=catalog_error)

@@ -84,7 +84,8 @@ def _rows_text(value: int | None, exact: bool) -> str:
 
 
 def _group_view(group: GroupStatus) -> GroupView:
-    shard_map = get_map(group.name)
+    # the map the status was read from: reading it again could fail (a dead catalog)
+    shard_map = group.shard_map or get_map(group.name)
     order = {name: i for i, name in enumerate(shard_map.shards)}
     shards = []
     for shard in group.shards:
