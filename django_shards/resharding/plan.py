@@ -1,18 +1,21 @@
 """Planning a split: the new map, and per model the rows that move.
 
 Nothing here writes anything. :func:`plan_split` validates every input (group, source,
-target name, aliases, split key) and raises ``SplitError`` with a clear sentence.
+target name, aliases, split key) and raises ``SplitError`` with a clear sentence; so does
+:func:`count_moving_rows`. A database that fails while planning is a ``SplitError`` too,
+naming the shard and alias, chained to the database's error (``__cause__``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connections, models
+from django.db import DatabaseError, connections, models
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import NoShardForKey, SplitError
@@ -106,9 +109,40 @@ def parse_at(group: str, raw: str | None) -> Any:
     try:
         return sk.normalize(raw)
     except (ValidationError, ValueError, TypeError) as exc:
+        reason = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         raise SplitError(
-            f"--at {raw!r} is not a valid {sk.model._meta.label}.{sk.field_name} key: {exc}"
+            f"--at {raw!r} is not a valid {sk.model._meta.label}.{sk.field_name} key: "
+            f"{reason.rstrip('.')}."
         ) from None
+
+
+class DatabaseUnusable(SplitError):
+    """A database the split needs (the source, the new primary or a new replica) failed or
+    is unhealthy; nothing was changed. The input may be right: retry once it answers."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The database's message on one line (mysqlclient's ``(code, message)`` unpacked)."""
+    args = exc.args
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        text = f"{args[1]} (error {args[0]})"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split()).rstrip(".")
+
+
+@contextlib.contextmanager
+def _reading(shard_map: ShardMap, shard: str, doing: str) -> Iterator[str]:
+    """Yield ``shard``'s primary alias; a database error while reading it is a
+    ``SplitError`` naming the shard, the alias and ``doing``."""
+    alias = shard_map.shard_named(shard).primary
+    try:
+        yield alias
+    except DatabaseError as exc:
+        raise DatabaseUnusable(
+            f"Cannot {doing}: shard {shard!r} of group {shard_map.group!r} (primary "
+            f"{alias}) failed: {_reason(exc)}. Nothing was changed."
+        ) from exc
 
 
 def _aliases_in_use() -> dict[str, str]:
@@ -156,32 +190,42 @@ def iter_rows(
 
 
 def count_moving_rows(plan: SplitPlan, batch_size: int = 5000) -> None:
-    """Fill ``plan.moving_rows``/``source_rows`` by reading every key on the source."""
-    alias = plan.base.shard_named(plan.source).primary
-    for spec in plan.tables:
-        moving = total = 0
-        for rows in iter_rows(alias, spec, batch_size):
-            total += len(rows)
-            moving += sum(1 for row in rows if plan.moves(spec.key.normalize(row[spec.key_index])))
-        plan.moving_rows[spec.label] = moving
-        plan.source_rows[spec.label] = total
+    """Fill ``plan.moving_rows``/``source_rows`` by reading every key on the source.
+
+    Raises ``SplitError`` naming the source and its alias when the source fails.
+    """
+    with _reading(plan.base, plan.source, "count the rows that move") as alias:
+        for spec in plan.tables:
+            moving = total = 0
+            for rows in iter_rows(alias, spec, batch_size):
+                total += len(rows)
+                moving += sum(
+                    1 for row in rows if plan.moves(spec.key.normalize(row[spec.key_index]))
+                )
+            plan.moving_rows[spec.label] = moving
+            plan.source_rows[spec.label] = total
 
 
 def median_key(plan_base: ShardMap, source: str, tables: list[TableSpec]) -> Any:
-    """The median key stored on ``source``, over the group's table with the most rows."""
-    alias = plan_base.shard_named(source).primary
-    best = None
-    for spec in tables:
-        qs = spec.model._base_manager.using(alias)
-        count = qs.count()
-        if count and (best is None or count > best[0]):
-            best = (count, spec)
-    if best is None:
-        return None
-    count, spec = best
-    attname = spec.key.attname
-    values = spec.model._base_manager.using(alias).order_by(attname).values_list(attname, flat=True)
-    return values[count // 2]
+    """The median key stored on ``source``, over the group's table with the most rows.
+
+    Raises ``SplitError`` naming the source and its alias when the source fails.
+    """
+    with _reading(plan_base, source, "find the median key to split at") as alias:
+        best = None
+        for spec in tables:
+            qs = spec.model._base_manager.using(alias)
+            count = qs.count()
+            if count and (best is None or count > best[0]):
+                best = (count, spec)
+        if best is None:
+            return None
+        count, spec = best
+        attname = spec.key.attname
+        values = (
+            spec.model._base_manager.using(alias).order_by(attname).values_list(attname, flat=True)
+        )
+        return values[count // 2]
 
 
 def _check_target_empty(alias: str, tables: list[TableSpec]) -> None:
@@ -201,7 +245,9 @@ def _check_target_empty(alias: str, tables: list[TableSpec]) -> None:
     except SplitError:
         raise
     except Exception as exc:  # noqa: BLE001 - an unreachable database is a clear error too
-        raise SplitError(f"Cannot reach the new primary {alias!r}: {exc}") from exc
+        raise DatabaseUnusable(
+            f"Cannot reach the new primary {alias!r}: {_reason(exc)}. Nothing was changed."
+        ) from exc
 
 
 def plan_split(
@@ -246,8 +292,9 @@ def plan_split(
             )
         health = probe(replica, "replica")
         if not health.healthy:
-            raise SplitError(
-                f"Replica {replica!r} of the new shard is not usable: {health.problem}."
+            raise DatabaseUnusable(
+                f"Replica {replica!r} of the new shard is not usable: {health.problem}. "
+                "Nothing was changed."
             )
     tables = group_tables(group)
     _check_target_empty(primary, tables)

@@ -3,22 +3,34 @@
 Exit codes scripts can trust: 0 when the command did its work, 1 when a database or shard
 failed (or, for a health check, something is unhealthy), 2 when the input is wrong.
 Argument errors that argparse finds also exit 2.
+
+No command ends in a traceback: a database error or a ``ShardingError`` that a command does
+not handle itself becomes one ``CommandError`` sentence (:func:`command_error`), naming what
+the command was doing when the command named it (:meth:`ShardsCommand.step`). Passwords
+are cut out of every such sentence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
 import json
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, NoReturn
 
 from django.apps import apps
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models
+from django.db import DatabaseError, models
+from django.utils.connection import ConnectionDoesNotExist
+
+from django_shards.exceptions import ShardingError
+from django_shards.resharding.plan import DatabaseUnusable
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -40,6 +52,83 @@ class CommandJSONEncoder(DjangoJSONEncoder):
         if isinstance(o, bytes | bytearray | memoryview):
             return bytes(o).hex()
         return super().default(o)
+
+
+#: what a command turns into one ``CommandError`` sentence instead of a traceback
+FAILURES = (DatabaseError, ShardingError, ConnectionDoesNotExist)
+
+_MISSING_ALIAS = re.compile(r"The connection '(?P<alias>.*)' doesn't exist")
+
+
+def _passwords() -> list[str]:
+    """Every password the settings hold (``DATABASES``, ``DJANGO_SHARDS["OPERATOR"]``),
+    longest first."""
+    found = {str(cfg.get("PASSWORD") or "") for cfg in settings.DATABASES.values()}
+    operator = (getattr(settings, "DJANGO_SHARDS", None) or {}).get("OPERATOR") or {}
+    if isinstance(operator, dict):
+        found |= {str(operator.get(k) or "") for k in ("PASSWORD", "REPLICATION_PASSWORD")}
+    return sorted((p for p in found if p), key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of the settings replaced by ``***``."""
+    for password in _passwords():
+        text = text.replace(password, "***")
+    return text
+
+
+def missing_alias(exc: BaseException) -> str | None:
+    """The alias that ``DATABASES`` lacks, if ``exc`` is Django's ``ConnectionDoesNotExist``."""
+    if not isinstance(exc, ConnectionDoesNotExist):
+        return None
+    match = _MISSING_ALIAS.search(str(exc))
+    return match["alias"] if match else "?"
+
+
+def error_reason(exc: BaseException) -> str:
+    """What went wrong, in a few words and on one line, without a password:
+    ``Can't connect to server on '127.0.0.1' (111) (error 2002)``,
+    ``alias 's4_r2' is not in DATABASES``."""
+    alias = missing_alias(exc)
+    if alias is not None:
+        return f"alias {alias!r} is not in DATABASES"
+    args = exc.args
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        text = f"{args[1]} (error {args[0]})"  # mysqlclient: (code, message)
+    else:
+        text = str(exc)
+    text = " ".join(text.split()).rstrip(".")
+    return redact(text) or type(exc).__name__
+
+
+def _database_failed(exc: BaseException) -> bool:
+    """True when ``exc`` or what caused it is a database (or a missing alias) failing."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(
+            seen, DatabaseError | ConnectionDoesNotExist | TimeoutError | DatabaseUnusable
+        ):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def command_error(exc: BaseException, doing: str | None = None) -> CommandError:
+    """One ``CommandError`` sentence for a failure a command did not handle itself.
+
+    A ``ShardingError`` already says what failed and where, and is kept as it is. A
+    database error says only what the driver saw, so it is put after ``doing`` (what the
+    command was doing, naming the shard or alias), as "Could not <doing>: <error>."
+    Exit code 1 when a database failed, 2 when the input was wrong.
+    """
+    returncode = EXIT_UNHEALTHY if _database_failed(exc) else EXIT_USAGE
+    if isinstance(exc, ShardingError):
+        message = redact(" ".join(str(exc).split()))
+    elif doing is not None:
+        message = f"Could not {doing}: {error_reason(exc)}."
+    else:
+        message = f"A database failed: {error_reason(exc)}."
+    return CommandError(message, returncode=returncode)
 
 
 def model_from_label(label: str) -> type[models.Model]:
@@ -190,6 +279,24 @@ class ShardsCommand(BaseCommand):
 
     #: options whose value may start with "-", as in ``--order-by -created``
     dash_value_options: tuple[str, ...] = ()
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        """Django's ``execute``, with a failure the command did not handle (a database
+        down, a ``ShardingError``) turned into one ``CommandError`` sentence."""
+        try:
+            return super().execute(*args, **options)
+        except FAILURES as exc:
+            raise command_error(exc) from exc
+
+    @contextlib.contextmanager
+    def step(self, doing: str) -> Iterator[None]:
+        """Name what the block does (``"read the rows of shard 's1' (alias s1)"``): a
+        database that fails in it stops the command with "Could not <doing>: <error>."
+        (exit code 1)."""
+        try:
+            yield
+        except FAILURES as exc:
+            raise command_error(exc, doing) from exc
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)

@@ -30,7 +30,10 @@ from django_shards.conf import get_config
 from django_shards.management.commands._base import (
     EXIT_UNHEALTHY,
     ShardsCommand,
+    error_reason,
     group_names,
+    missing_alias,
+    redact,
 )
 from django_shards.shardmap import get_map
 
@@ -89,8 +92,11 @@ def migrate_alias(alias: str) -> MigrateResult:
 
 
 def error_text(exc: BaseException) -> str:
-    """The error on one line: ``OperationalError: unable to open database file``."""
-    message = " ".join(str(exc).split())
+    """The error on one line, without a password: ``OperationalError: unable to open
+    database file``, or ``alias 'u4' is not in DATABASES``."""
+    if missing_alias(exc) is not None:
+        return error_reason(exc)
+    message = redact(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 

@@ -34,7 +34,9 @@ from django_shards.keys import key_for_model
 from django_shards.management.commands._base import (
     EXIT_UNHEALTHY,
     ShardsCommand,
+    error_reason,
     model_from_label,
+    redact,
 )
 from django_shards.routing import read_alias
 from django_shards.shardmap import get_map
@@ -103,7 +105,8 @@ def read_only_select(sql: str) -> str:
     statement = statements[0]
     kind = statement.get_type()
     if kind != "SELECT":
-        what = "not a SELECT" if kind == "UNKNOWN" else f"a {kind} statement"
+        article = "an" if kind[:1] in ("A", "E", "I", "O", "U") else "a"
+        what = "not a SELECT" if kind == "UNKNOWN" else f"{article} {kind} statement"
         raise UnsafeSQL(f"it is {what}; only a single SELECT is run")
     tokens = [t for t in statement.flatten() if not t.is_whitespace]
     for token in tokens:
@@ -218,7 +221,7 @@ def run_read_only(alias: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]
     except DatabaseError as exc:
         # Not a DatabaseError any more: the executor must not take an error in the SQL
         # for a broken replica and run it again on the primary.
-        raise SQLFailed(str(exc)) from exc
+        raise SQLFailed(error_reason(exc)) from exc
     return columns, rows
 
 
@@ -328,9 +331,10 @@ class Command(ShardsCommand):
             self.fail(f"--values {' '.join(fields)} does not fit {label}: {_reason(exc)}")
         if options["limit"] is not None:
             qs = qs[: self.parse_limit(options["limit"])]
+        database = None if sk is not None else qs.db
 
         if options["count"]:
-            count = self.evaluate(label, qs.count)
+            count = self.evaluate(label, qs.count, database=database)
             if options["format"] == "json":
                 self.write_json({"count": count})
             elif options["format"] == "csv":
@@ -338,7 +342,7 @@ class Command(ShardsCommand):
             else:
                 self.stdout.write(str(count))
             return
-        rows = self.evaluate(label, lambda: list(qs))
+        rows = self.evaluate(label, lambda: list(qs), database=database)
         columns = list(fields) or (
             list(rows[0]) if rows else [f.attname for f in model._meta.concrete_fields]
         )
@@ -375,14 +379,21 @@ class Command(ShardsCommand):
             self.fail(f"--limit takes a positive whole number of rows, not {value!r}.")
         return limit
 
-    def evaluate(self, label: str, run: Any) -> Any:
-        """``run()``, with database and shard failures turned into a CommandError (exit 1)."""
+    def evaluate(self, label: str, run: Any, *, database: str | None = None) -> Any:
+        """``run()``, with database and shard failures turned into a CommandError (exit 1).
+
+        ``database``: an unsharded model's alias, for the message (a sharded query's error
+        names its shard)."""
         try:
             return run()
         except FanoutError as exc:
-            self.fail(str(exc), returncode=EXIT_UNHEALTHY)
+            self.fail(shell_fanout_message(exc), returncode=EXIT_UNHEALTHY)
         except DatabaseError as exc:
-            self.fail(f"The {label} query failed: {exc}", returncode=EXIT_UNHEALTHY)
+            where = "" if database is None else f" on database {database!r}"
+            self.fail(
+                f"The {label} query failed{where}: {error_reason(exc)}.",
+                returncode=EXIT_UNHEALTHY,
+            )
         except BAD_INPUT_ERRORS as exc:
             self.fail(f"The {label} query was refused: {_reason(exc)}")
         except ShardingError as exc:
@@ -419,8 +430,11 @@ class Command(ShardsCommand):
         )
         for result in results:
             if result.error is not None:
+                # the statement's own error, or the shard failing (then: what the user can do)
+                hint = "" if isinstance(result.error, SQLFailed) else f" {SHELL_PARTIAL_HINT}"
                 self.fail(
-                    f"--sql failed on shard {result.shard.name!r} ({result.alias}): {result.error}",
+                    f"--sql failed on shard {result.shard.name!r} ({result.alias}): "
+                    f"{error_reason(result.error)}.{hint}",
                     returncode=EXIT_UNHEALTHY,
                 )
         columns = results[0].value[0] if results else []
@@ -433,6 +447,21 @@ class Command(ShardsCommand):
                 )
         rows = [(r.shard.name, *row) for r in results for row in r.value[1]]
         self.write_rows(["shard", *columns], rows, fmt)
+
+
+#: what a shell user can do when a shard fails (the library's message names a Python method)
+SHELL_PARTIAL_HINT = (
+    "Nothing was printed. To read the shards that answer, query them one at a time with "
+    "--shard NAME; or run the command again once the shard is back."
+)
+
+
+def shell_fanout_message(exc: FanoutError) -> str:
+    """A ``FanoutError``'s sentence for the shell: the failing shard and error, then what
+    the command's user can do (``.allow_partial()`` is Python's way, not the shell's)."""
+    text = redact(" ".join(str(exc).split()))
+    text = text.split(" Use .allow_partial()", 1)[0].rstrip()
+    return f"{text if text.endswith('.') else text + '.'} {SHELL_PARTIAL_HINT}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,10 +7,17 @@ import sys
 import time
 from typing import Any
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from django_shards.conf import get_config
 from django_shards.exceptions import SplitError
-from django_shards.management.commands._base import EXIT_UNHEALTHY, ShardsCommand, group_names
+from django_shards.health import probe
+from django_shards.management.commands._base import (
+    EXIT_UNHEALTHY,
+    ShardsCommand,
+    error_reason,
+    group_names,
+)
 from django_shards.resharding import (
     SplitRunner,
     abort,
@@ -21,6 +28,7 @@ from django_shards.resharding import (
 )
 from django_shards.resharding.plan import parse_at
 from django_shards.shardmap import registry
+from django_shards.status import is_configured
 
 
 class Command(ShardsCommand):
@@ -64,14 +72,18 @@ class Command(ShardsCommand):
             )
         if options["resume"] and options["abort"]:
             self.fail("--resume and --abort cannot be used together.")
-        try:
-            if options["abort"]:
-                return self._abort(group, source)
-            if options["resume"]:
-                return self._resume(group, source, options)
-            return self._split(group, source, options)
-        except SplitError as exc:
-            self.fail(str(exc))
+        # a SplitError (bad input, exit 2; a database that failed, exit 1) or a database
+        # error outside the steps named below becomes one CommandError in the base
+        if options["abort"]:
+            return self._abort(group, source)
+        if options["resume"]:
+            return self._resume(group, source, options)
+        return self._split(group, source, options)
+
+    def _active_job(self, group: str, source: str | None = None) -> Any:
+        catalog = get_config().catalog
+        with self.step(f"read the splits of group {group!r} from the catalog ({catalog})"):
+            return active_job(group, source)
 
     # -- the three entry points ------------------------------------------------------------
 
@@ -79,7 +91,7 @@ class Command(ShardsCommand):
         for flag in ("target", "primary"):
             if not options[flag]:
                 self.fail(f"--{'to' if flag == 'target' else flag} is required to plan a split.")
-        job = active_job(group)
+        job = self._active_job(group)
         if job is not None:
             self.fail(
                 f"A split of group {group!r} is in progress ({job.source} -> {job.target}, "
@@ -93,7 +105,7 @@ class Command(ShardsCommand):
             options["replicas"],
             at=parse_at(group, options["at"]),
         )
-        count_moving_rows(plan, batch_size=max(options["batch_size"], 1000))
+        count_moving_rows(plan, batch_size=max(options["batch_size"], 1000))  # SplitError
         self._print_plan(plan)
         if options["dry_run"]:
             self.stdout.write("dry run: nothing was changed.")
@@ -103,21 +115,32 @@ class Command(ShardsCommand):
             if answer.strip().lower() not in ("y", "yes"):
                 self.stdout.write("Nothing was changed.")
                 return
-        job = create_job(plan)
+        with self.step(f"record the split in the catalog ({get_config().catalog})"):
+            job = create_job(plan)
         self._run(job, options["batch_size"])
 
     def _resume(self, group: str, source: str, options: dict[str, Any]) -> None:
-        job = active_job(group, source)
+        job = self._active_job(group, source)
         if job is None:
             self.fail(f"No split of shard {source!r} of group {group!r} is in progress.")
         self.stdout.write(f"resuming split {job.source} -> {job.target} at phase {job.phase}")
         self._run(job, options["batch_size"])
 
     def _abort(self, group: str, source: str) -> None:
-        job = active_job(group, source)
+        job = self._active_job(group, source)
         if job is None:
             self.fail(f"No split of shard {source!r} of group {group!r} is in progress.")
-        abort(job, report=self.stdout.write)
+        try:
+            abort(job, report=self.stdout.write)
+        except SplitError:
+            raise  # already cut over: the base says so (exit 2)
+        except Exception as exc:
+            raise CommandError(
+                f"The abort of the split {job.source} -> {job.target} of group {group!r} "
+                f"failed: {error_reason(exc)}{not_answering(job)}. Fix the cause and check "
+                f"the split with `shard_status {group}`.",
+                returncode=EXIT_UNHEALTHY,
+            ) from exc
         registry.reset_group(group)
 
     # -- output ------------------------------------------------------------------------------
@@ -147,17 +170,21 @@ class Command(ShardsCommand):
 
     def _run(self, job: Any, batch_size: int) -> None:
         progress = _Progress(self)
-        runner = SplitRunner(job, batch_size=batch_size, report=progress)
+        runner = None
         try:
+            runner = SplitRunner(job, batch_size=batch_size, report=progress)
             job = runner.run()
-        except SplitError:
-            raise
-        except Exception as exc:
-            self.stderr.write(
-                f"split stopped at phase {runner.job.phase}: {exc!r}. Fix the cause and run "
-                "again with --resume (or --abort before the cutover)."
-            )
-            sys.exit(EXIT_UNHEALTHY)
+        except Exception as exc:  # any failure: the job records where to resume
+            phase = (runner.job if runner is not None else job).phase
+            progress.end_line()
+            raise CommandError(
+                f"The split {job.source} -> {job.target} of group {job.group!r} stopped at "
+                f"phase {phase}: {error_reason(exc)}{not_answering(job)}. Fix the cause and "
+                "run it again with "
+                f"`shard_split {job.group} {job.source} --resume` (or --abort before the "
+                "cutover).",
+                returncode=EXIT_UNHEALTHY,
+            ) from exc
         registry.reset_group(job.group)
         frozen = job.progress.get("frozen_seconds")
         copied = sum(v.get("rows", 0) for v in job.progress.get("copy", {}).values())
@@ -167,6 +194,33 @@ class Command(ShardsCommand):
         )
 
 
+def silent_databases(job: Any) -> list[str]:
+    """The split's databases that do not answer now, as ``"source primary s1"``: asked
+    after a failure, to say which database it was (the driver's error seldom says)."""
+    source = next((s["primary"] for s in job.new_shards if s["name"] == job.source), None)
+    roles = [
+        ("catalog", get_config().catalog),
+        ("source primary", source),
+        ("target primary", job.target_primary),
+        *(("target replica", alias) for alias in job.target_replicas),
+    ]
+    silent = []
+    for role, alias in roles:
+        if alias is None:
+            continue
+        if not is_configured(alias):
+            silent.append(f"{role} {alias} (not in DATABASES)")
+        elif not probe(alias, role.rpartition(" ")[2]).reachable:
+            silent.append(f"{role} {alias}")
+    return silent
+
+
+def not_answering(job: Any) -> str:
+    """`` (source primary s1 not answering)``, or nothing when every database answers."""
+    silent = silent_databases(job)
+    return f" ({', '.join(silent)} not answering)" if silent else ""
+
+
 class _Progress:
     """Phase lines always; batch lines as a one-line bar on a terminal, else every 5 s."""
 
@@ -174,6 +228,11 @@ class _Progress:
         self.out = command.stdout
         self.tty = command.stdout.isatty() if hasattr(command.stdout, "isatty") else False
         self.last = 0.0
+
+    def end_line(self) -> None:
+        """Finish a progress bar's line, so that what follows starts on a line of its own."""
+        if self.tty:
+            self.out.write("")
 
     def __call__(self, line: str) -> None:
         batch = line.startswith(("copy ", "clean-up ", "verify "))
