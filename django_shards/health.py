@@ -225,6 +225,14 @@ class HealthMonitor:
     def probe(self, alias: str, role: str) -> AliasHealth:
         """Probe ``alias`` now, on this thread's connection. Never raises."""
         started = time.perf_counter()
+        if alias not in connections.settings:
+            return AliasHealth(
+                alias,
+                role,
+                False,
+                error="not in DATABASES (the shard map names it; see check E031)",
+                checked_at=time.monotonic(),
+            )
         conn = connections[alias]
         try:
             if conn.vendor != "mysql":
