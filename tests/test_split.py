@@ -32,6 +32,7 @@ from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding import SplitRunner, create_job, plan_split
 from django_shards.shardmap import get_map, registry
 from tests.conftest import MARIADB
+from tests.split_support import TARGETS, wait_for_target_replicas
 from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Reading
 
 db = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -46,7 +47,6 @@ GROUP_MODELS = {
 KEY_ATTNAME = {Author: "id", Post: "author_id", Follow: "follower_id", Event: "account",
                Reading: "sensor_id", LegacyCode: "code"}  # fmt: skip
 SOURCE_ALIASES = ["s0", "s1", "s2", "s3"]
-TARGETS = ["s4", "s5"]
 
 
 # -- placement, computed from the design's formulas ------------------------------------------
@@ -178,17 +178,31 @@ class SplitThread(threading.Thread):
             connections.close_all()
 
 
+class Held:
+    """A split held by the runner's test hook (``SplitRunner._hold``): ``path`` appears,
+    naming the point, when the split is held there; removing it releases the split."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def wait(self, point: str, runner: threading.Thread) -> None:
+        def held_there() -> bool:
+            return self.path.exists() and self.path.read_text() == point
+
+        wait_until(held_there, f"split held at {point!r}", alive=runner)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def hold_split(monkeypatch, tmp_path):
-    """``hold_split(point)``: the next split holds at ``point`` (the runner's test hook,
-    ``SplitRunner._hold``); returns the file whose appearance says it is held there and
-    whose removal releases it."""
+    """``hold_split(*points)``: the splits started next hold once at each point."""
 
-    def hold(point: str) -> Path:
-        held = tmp_path / "held"
-        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_AT", point)
-        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_FILE", str(held))
-        return held
+    def hold(*points: str) -> Held:
+        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_AT", ",".join(points))
+        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_FILE", str(tmp_path / "held"))
+        return Held(tmp_path / "held")
 
     return hold
 
@@ -197,6 +211,7 @@ def hold_split(monkeypatch, tmp_path):
 
 
 def split(*args: str) -> str:
+    wait_for_target_replicas()
     out, err = io.StringIO(), io.StringIO()
     call_command("shard_split", *args, "--no-input", stdout=out, stderr=err)
     return out.getvalue()
@@ -605,18 +620,22 @@ def test_writes_during_the_split_are_kept_or_refused_with_shard_moving(hold_spli
         return {op for w in writers for k, op, e, _ in w.write_errors
                 if k in moving_set and isinstance(e, ShardMoving)}  # fmt: skip
 
-    held = hold_split("frozen")  # the moving keys frozen, one lease waited, nothing copied
-    for w in writers:
-        w.start()
+    held = hold_split("prepared", "frozen")
+    runner = SplitThread("users", "s1", "--to", "s4", "--primary", "s4", "--replica", "s4_r1",
+                         "--batch-size", "10")  # fmt: skip
+    runner.start()
     try:
-        wait_until(lambda: all(moving_writes()), "write to a moving key before the split")
-        runner = SplitThread("users", "s1", "--to", "s4", "--primary", "s4", "--replica",
-                             "s4_r1", "--batch-size", "10")  # fmt: skip
-        runner.start()
-        wait_until(held.exists, "split held in phase frozen", alive=runner)
-        # the writers run into the freeze while the split holds, before anything is copied
+        # the split has checked its target's replica (before any writer runs) and is held
+        # before the freeze: the writers write to the moving keys
+        held.wait("prepared", runner)
+        for w in writers:
+            w.start()
+        wait_until(lambda: all(moving_writes()), "write to a moving key before the freeze")
+        held.release()
+        # the moving keys frozen, one lease waited, nothing copied: the writers run into it
+        held.wait("frozen", runner)
         wait_until(lambda: refused_ops() >= {"update", "create"}, "write refused by the freeze")
-        held.unlink()
+        held.release()
         runner.join(timeout=DEADLINE_SECONDS)
         assert not runner.is_alive() and runner.error is None, runner.error
         finished = time.monotonic()
@@ -627,7 +646,10 @@ def test_writes_during_the_split_are_kept_or_refused_with_shard_moving(hold_spli
     finally:
         stop.set()
         for w in writers:
-            w.join(timeout=30)
+            if w.is_alive():
+                w.join(timeout=30)
+        held.release()  # a failed wait leaves no split held
+        runner.join(timeout=DEADLINE_SECONDS)
     assert not any(w.is_alive() for w in writers)
     output = runner.output
     assert "done" in output
@@ -674,6 +696,7 @@ def test_writes_during_the_split_are_kept_or_refused_with_shard_moving(hold_spli
 
 
 def _start_job(phases: tuple[str, ...], group="users", source="s1", target="s4", **kw):
+    wait_for_target_replicas()
     plan = plan_split(group, source, target, target, [f"{target}_r1"], **kw)
     job = create_job(plan)
     runner = quiet_runner(job)

@@ -33,6 +33,7 @@ from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.shardmap import get_map, registry
 from tests.conftest import MARIADB
 from tests.factories import AuthorFactory, PostFactory
+from tests.split_support import wait_for_target_replicas
 from tests.testapp.models import Author, Follow, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -171,6 +172,7 @@ class Split:
             env["SHARDS_SQLITE_DIR"] = os.path.dirname(settings.DATABASES["default"]["NAME"])
         self.out = tempfile.TemporaryFile(mode="w+")
         self.err = tempfile.TemporaryFile(mode="w+")
+        wait_for_target_replicas()
         connections.close_all()  # no connection of ours holds a lock or a snapshot
         self.proc = subprocess.Popen(
             [sys.executable, "-c", BOOTSTRAP, *argv],
@@ -316,6 +318,7 @@ def write_while_dead(job: SplitJob, expected: dict[str, list[tuple]]) -> None:
 
 def resume() -> str:
     """``--resume`` in the test process, at the default batch size."""
+    wait_for_target_replicas()
     out = io.StringIO()
     call_command("shard_split", GROUP, SOURCE, "--resume", stdout=out, stderr=out)
     registry.reset()

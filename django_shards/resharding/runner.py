@@ -105,7 +105,7 @@ class SplitRunner:
         self.tables = group_tables(job.group)
         # the source's primary: from the map the job started from (it never changes)
         self.source_alias = next(s["primary"] for s in job.new_shards if s["name"] == job.source)
-        self._hold_at = os.environ.get("DJANGO_SHARDS_SPLIT_PAUSE_AT")  # test hook, see _hold
+        self._hold_at = set(os.environ.get("DJANGO_SHARDS_SPLIT_PAUSE_AT", "").split(","))  # _hold
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -135,15 +135,15 @@ class SplitRunner:
         self.report(f"phase: {phase}")
 
     def _hold(self, point: str) -> None:
-        """Test hook, inert unless ``DJANGO_SHARDS_SPLIT_PAUSE_AT`` names ``point``: then the
-        runner, on reaching it, writes the point's name to the file that
+        """Test hook, inert unless ``DJANGO_SHARDS_SPLIT_PAUSE_AT`` (comma-separated) names
+        ``point``: then the runner, on reaching it, writes the point's name to the file that
         ``DJANGO_SHARDS_SPLIT_PAUSE_FILE`` names and holds there until that file is deleted
-        (or the process killed), once. Points: each phase name as the phase is recorded,
-        ``target pending`` (in prepare), ``freeze recorded`` (in freeze, before the lease),
-        ``copy <label>`` and ``cleanup <label>`` after a batch that wrote rows."""
-        if point != self._hold_at:
+        (or the process killed), once per point. Points: each phase name as the phase is
+        recorded, ``target pending`` (in prepare), ``freeze recorded`` (in freeze, before the
+        lease), ``copy <label>`` and ``cleanup <label>`` after a batch that wrote rows."""
+        if point not in self._hold_at:
             return
-        self._hold_at = None
+        self._hold_at.discard(point)
         path = os.environ["DJANGO_SHARDS_SPLIT_PAUSE_FILE"]
         with open(f"{path}.tmp", "w") as announce:
             announce.write(point)
