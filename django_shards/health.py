@@ -222,8 +222,12 @@ class HealthMonitor:
                 self._positions[alias] = health.gtid_position
         return health
 
-    def probe(self, alias: str, role: str) -> AliasHealth:
-        """Probe ``alias`` now, on this thread's connection. Never raises."""
+    def probe(self, alias: str, role: str, wait: float | None = None) -> AliasHealth:
+        """Probe ``alias`` now, on this thread's connection. Never raises.
+
+        ``wait``: how long a replica may take to apply its primary's current position
+        before its lag is judged (default: a short wait, only when its lag is not already
+        known to be fine). Deliberate checks (a split's new replicas) pass more."""
         started = time.perf_counter()
         if alias not in connections.settings:
             return AliasHealth(
@@ -250,7 +254,7 @@ class HealthMonitor:
                 )
             if role == "primary":
                 return self._probe_primary(alias, started)
-            return self._probe_replica(alias, started)
+            return self._probe_replica(alias, started, wait)
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
             try:
                 conn.close()
@@ -319,7 +323,7 @@ class HealthMonitor:
         server = self._servers.get(replica)
         return server is not None and server == self._servers.get(primary)
 
-    def _probe_replica(self, alias: str, started: float) -> AliasHealth:
+    def _probe_replica(self, alias: str, started: float, wait: float | None) -> AliasHealth:
         primary = primary_of(alias)
         sample = None if primary is None else self._sample_primary(primary)
         lag_error = "no primary is known for it" if primary is None else None
@@ -329,7 +333,8 @@ class HealthMonitor:
             read_only = bool(cursor.fetchone()[0])
             reached = False
             if sample is not None and primary is not None:
-                wait = self._wait_budget(alias, primary)
+                if wait is None:
+                    wait = self._wait_budget(alias, primary)
                 # the wait's answer counts, not the position: a variable may be read first
                 cursor.execute(
                     f"SELECT MASTER_GTID_WAIT(%s, %s), @@gtid_slave_pos, {_SERVER}",
@@ -440,9 +445,10 @@ class HealthMonitor:
                 self._servers.pop(alias, None)
 
 
-def probe(alias: str, role: str) -> AliasHealth:
-    """Probe ``alias`` now, on this thread's connection, bypassing the cache. Never raises."""
-    return monitor.probe(alias, role)
+def probe(alias: str, role: str, *, wait: float | None = None) -> AliasHealth:
+    """Probe ``alias`` now, on this thread's connection, bypassing the cache. Never raises.
+    ``wait``: see :meth:`HealthMonitor.probe`."""
+    return monitor.probe(alias, role, wait)
 
 
 def parse_position(position: str | None) -> dict[int, int]:

@@ -290,7 +290,7 @@ def plan_split(
                 f"Replica {replica!r} does not replicate {primary!r}: its TEST['MIRROR'] is "
                 f"{mirror!r} (check django_shards.E007)."
             )
-        health = probe(replica, "replica")
+        health = probe(replica, "replica", wait=get_config().max_replica_lag_seconds)
         if not health.healthy:
             raise DatabaseUnusable(
                 f"Replica {replica!r} of the new shard is not usable: {health.problem}. "

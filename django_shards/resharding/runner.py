@@ -192,7 +192,7 @@ class SplitRunner:
         call_command("migrate", database=self.target.primary, interactive=False, verbosity=0)
         self._create_missing_tables()
         for replica in self.target.replicas:
-            health = probe(replica, "replica")
+            health = probe(replica, "replica", wait=get_config().max_replica_lag_seconds)
             if not health.healthy:
                 raise SplitError(
                     f"Replica {replica!r} of the new shard is not usable: {health.problem}."
