@@ -7,7 +7,6 @@ class ShardsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.core.signals import setting_changed
         from django.db.models.signals import post_delete, post_migrate, post_save
 
         from django_shards import (
@@ -16,10 +15,8 @@ class ShardsConfig(AppConfig):
             replicas,  # noqa: F401  (connects read_mirror_without_locks)
         )
         from django_shards.catalog import record_initial_versions
-        from django_shards.conf import _on_setting_changed
         from django_shards.routing import pin_after_save
 
-        setting_changed.connect(_on_setting_changed, dispatch_uid="django_shards.settings")
         post_save.connect(pin_after_save, dispatch_uid="django_shards.pin_after_save")
         post_delete.connect(pin_after_save, dispatch_uid="django_shards.pin_after_delete")
         key_changes.connect(self.apps.get_models())

@@ -28,7 +28,7 @@ from django_shards.strategies.base import Strategy
 
 TAG = "django_shards"
 ROUTER_PATH = "django_shards.router.ShardRouter"
-SETTING = "DJANGO_SHARDS"
+SETTING = conf.SETTING
 
 
 def _message(
@@ -67,19 +67,6 @@ def _is_alias(value: Any) -> bool:
 # -- reading the raw settings ------------------------------------------------------------
 
 
-def _user_settings() -> Any:
-    value = getattr(settings, SETTING, None)
-    return {} if value is None else value
-
-
-def _merged_settings() -> dict[str, Any] | None:
-    """``DJANGO_SHARDS`` over the defaults, or None when it is not a dict (E001)."""
-    user = _user_settings()
-    if not isinstance(user, Mapping):
-        return None
-    return {**conf.DEFAULTS, **user}
-
-
 def _databases() -> Mapping[str, Any]:
     databases = getattr(settings, "DATABASES", None)
     return databases if isinstance(databases, Mapping) else {}
@@ -104,18 +91,18 @@ def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """E001-E010, W001-W003 and the strategies' own checks. Reads settings only."""
-    raw = _merged_settings()
+    raw = conf.merged_settings()
     if raw is None:
         return [
             _error(
                 "E001",
-                f"{SETTING} must be a dict, not {_type(_user_settings())}.",
+                f"{SETTING} must be a dict, not {_type(conf.user_settings())}.",
                 f'Write {SETTING} = {{"GROUPS": {{...}}, ...}} as in the settings docs.',
             )
         ]
     databases = _databases()
     messages: list[CheckMessage] = []
-    messages += _check_unknown_keys(_user_settings())
+    messages += _check_unknown_keys(conf.user_settings())
     messages += _check_choices(raw)
     messages += _check_numbers(raw)
     entries, group_messages = _check_groups(raw["GROUPS"])
@@ -706,7 +693,7 @@ def check_models(
 
 def _configured_groups() -> frozenset[Any] | None:
     """The group names of the settings, or None when they cannot be read (E001/E002)."""
-    raw = _merged_settings()
+    raw = conf.merged_settings()
     groups = None if raw is None else raw["GROUPS"]
     return frozenset(groups) if isinstance(groups, Mapping) else None
 

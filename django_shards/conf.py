@@ -1,20 +1,34 @@
 """Settings: ``DJANGO_SHARDS`` merged over defaults, parsed once into frozen objects.
 
 Nothing here reads settings at import time. :func:`get_config` is cached and the cache
-is cleared on ``setting_changed`` (so ``override_settings`` works). Validation with
-friendly messages lives in :mod:`django_shards.checks`; this module only parses, and
-raises ``ImproperlyConfigured`` (pointing at ``manage.py check``) on malformed input.
+is cleared on ``setting_changed`` (so ``override_settings`` works); every other module that
+keeps something derived from settings connects its own receiver, clearing it when one of
+:data:`WATCHED_SETTINGS` changes. :data:`DEFAULTS` is the one place defaults are written:
+:func:`merged_settings` lays ``DJANGO_SHARDS`` over it, for :func:`get_config` and for the
+system checks alike. Validation with friendly messages lives in :mod:`django_shards.checks`;
+this module only parses, and raises ``ImproperlyConfigured`` (pointing at
+``manage.py check``) on malformed input. It imports nothing else of django_shards.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
+SETTING = "DJANGO_SHARDS"
+
+#: the settings whose change clears what is derived from them (this module's parsed
+#: settings, the shard maps, replica and health state, the Snowflake generator)
+WATCHED_SETTINGS = frozenset({SETTING, "DATABASES", "INSTALLED_APPS"})
+
+#: every key of ``DJANGO_SHARDS`` and its default: the only place defaults are written
 DEFAULTS: dict[str, Any] = {
     "GROUPS": {},
     "CATALOG": "default",
@@ -85,31 +99,47 @@ class GroupSettings:
 
 @dataclass(frozen=True)
 class ShardsSettings:
+    """The parsed settings; every field comes from :func:`parse` (defaults: :data:`DEFAULTS`)."""
+
     groups: Mapping[str, GroupSettings]
-    catalog: str = "default"
-    read_consistency: str = "eventual"
-    pin_after_write_seconds: float = 2.0
-    read_your_writes: str = "time"
-    replica_selection: str = "round_robin"
-    max_replica_lag_seconds: float = 5.0
-    fanout: str = "allow"
-    fanout_workers: int = 8
-    fanout_timeout_seconds: float = 30.0
-    map_lease_seconds: float = 1.0
-    node_id: int | None = None
-    # alias -> (group names it serves as a primary); alias -> shard name for replicas
-    primaries: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    replicas: frozenset[str] = frozenset()
+    catalog: str
+    read_consistency: str
+    pin_after_write_seconds: float
+    read_your_writes: str
+    replica_selection: str
+    max_replica_lag_seconds: float
+    fanout: str
+    fanout_workers: int
+    fanout_timeout_seconds: float
+    map_lease_seconds: float
+    node_id: int | None
+    #: alias -> the groups it serves as a primary
+    primaries: Mapping[str, frozenset[str]]
+    #: every replica alias of the settings
+    replicas: frozenset[str]
+
+
+def user_settings() -> Any:
+    """``DJANGO_SHARDS`` as written (``{}`` when unset or None); maybe not a dict."""
+    value = getattr(settings, SETTING, None)
+    return {} if value is None else value
+
+
+def merged_settings() -> dict[str, Any] | None:
+    """``DJANGO_SHARDS`` merged over :data:`DEFAULTS` (top level only), or None when it is
+    not a dict (check E001)."""
+    user = user_settings()
+    if not isinstance(user, Mapping):
+        return None
+    return {**DEFAULTS, **user}
 
 
 def raw_settings() -> dict[str, Any]:
-    """``DJANGO_SHARDS`` merged over :data:`DEFAULTS` (top level only)."""
-    from django.conf import settings
-
-    user = getattr(settings, "DJANGO_SHARDS", {}) or {}
-    if not isinstance(user, Mapping):
-        raise ImproperlyConfigured("DJANGO_SHARDS must be a dict; run `manage.py check`.")
-    return {**DEFAULTS, **user}
+    """:func:`merged_settings`; raises ``ImproperlyConfigured`` when it is not a dict."""
+    raw = merged_settings()
+    if raw is None:
+        raise ImproperlyConfigured(f"{SETTING} must be a dict; run `manage.py check`.")
+    return raw
 
 
 def strategy_path(name: str) -> str:
@@ -167,20 +197,11 @@ def parse(raw: Mapping[str, Any]) -> ShardsSettings:
 
 @functools.cache
 def get_config() -> ShardsSettings:
-    """The parsed settings. Cached; cleared when DJANGO_SHARDS or DATABASES change."""
+    """The parsed settings. Cached; cleared when one of :data:`WATCHED_SETTINGS` changes."""
     return parse(raw_settings())
 
 
-def reset() -> None:
-    """Forget every cached thing derived from settings (config, maps, replica state)."""
-    get_config.cache_clear()
-    from django_shards import ids, replicas, shardmap
-
-    shardmap.registry.reset()
-    replicas.pool.reset()
-    ids.reset_generator()
-
-
-def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("DJANGO_SHARDS", "DATABASES", "INSTALLED_APPS"):
-        reset()
+@receiver(setting_changed, dispatch_uid="django_shards.conf.get_config")
+def _clear_config(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        get_config.cache_clear()

@@ -29,9 +29,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import connections
+from django.dispatch import receiver
 
-from django_shards.conf import get_config
+from django_shards.conf import WATCHED_SETTINGS, get_config
 
 #: how long a probe's answer is trusted
 HEALTH_TTL_SECONDS = 1.0
@@ -469,3 +471,9 @@ def gtid_covered(wanted: str, applied: str | None) -> bool:
 
 
 monitor = HealthMonitor()
+
+
+@receiver(setting_changed, dispatch_uid="django_shards.health.monitor")
+def _forget_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        monitor.forget()

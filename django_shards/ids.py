@@ -12,7 +12,11 @@ import threading
 import time
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import models
+from django.dispatch import receiver
+
+from django_shards.conf import WATCHED_SETTINGS, get_config
 
 EPOCH_MS = 1577836800000  # 2020-01-01T00:00:00Z
 NODE_BITS = 10
@@ -70,8 +74,6 @@ def _current_generator() -> SnowflakeGenerator:
     if gen is None:
         with _generator_lock:
             if _generator is None:
-                from django_shards.conf import get_config
-
                 node = get_config().node_id
                 _generator = SnowflakeGenerator(derived_node_id() if node is None else node)
             gen = _generator
@@ -83,6 +85,12 @@ def reset_generator() -> None:
     global _generator
     with _generator_lock:
         _generator = None
+
+
+@receiver(setting_changed, dispatch_uid="django_shards.ids.reset_generator")
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        reset_generator()
 
 
 def next_snowflake() -> int:

@@ -18,13 +18,15 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
-from django_shards.conf import Shard, get_config
+from django_shards.conf import WATCHED_SETTINGS, Shard, get_config
 from django_shards.exceptions import ShardUnavailable
 from django_shards.health import monitor
 
@@ -133,8 +135,6 @@ class ReplicaPool:
         self._latency: dict[str, float] = {}
         self._turns: dict[str, itertools.count[int]] = {}
         self._mysql: dict[str, bool] = {}
-        #: extra predicates (e.g. lag checks) a replica must pass to be used
-        self.usable_checks: list[Callable[[str], bool]] = []
 
     def is_down(self, alias: str) -> bool:
         until = self._down_until.get(alias)
@@ -153,24 +153,19 @@ class ReplicaPool:
         logger.warning("replica %s skipped for %.0fs: %s", alias, COOL_DOWN_SECONDS, error)
         try:
             connections[alias].close()
-        except Exception:  # noqa: BLE001 - the connection is already broken
-            pass
+        except Exception as exc:  # noqa: BLE001 - the connection is already broken
+            logger.debug("replica %s: closing its broken connection failed: %r", alias, exc)
 
     def observe(self, alias: str, seconds: float) -> None:
         """Record how long a read on ``alias`` took (for ``fastest``)."""
         old = self._latency.get(alias)
         self._latency[alias] = seconds if old is None else old + LATENCY_ALPHA * (seconds - old)
 
-    def latency(self, alias: str) -> float | None:
-        return self._latency.get(alias)
-
     def usable(self, alias: str) -> bool:
-        """Not cooling down, passing the extra checks, and (MariaDB/MySQL) healthy: reachable,
-        replicating, within ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second).
-        An alias missing from DATABASES (check E031) is never usable."""
+        """Not cooling down and (MariaDB/MySQL) healthy: reachable, replicating, within
+        ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second). An alias missing from
+        DATABASES (check E031) is never usable."""
         if self.is_down(alias) or alias not in connections.settings:
-            return False
-        if self.usable_checks and not all(check(alias) for check in self.usable_checks):
             return False
         if not self._is_mysql(alias):
             return True
@@ -230,6 +225,7 @@ class ReplicaPool:
         return None
 
     def reset(self) -> None:
+        """Forget every replica's state, and the health monitor's probes."""
         with self._lock:
             self._down_until.clear()
             self._latency.clear()
@@ -239,3 +235,9 @@ class ReplicaPool:
 
 
 pool = ReplicaPool()
+
+
+@receiver(setting_changed, dispatch_uid="django_shards.replicas.pool")
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        pool.reset()

@@ -19,9 +19,11 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import DatabaseError, connections, transaction
+from django.dispatch import receiver
 
-from django_shards.conf import GroupSettings, Shard, get_config
+from django_shards.conf import WATCHED_SETTINGS, GroupSettings, Shard, get_config
 from django_shards.exceptions import ShardingError, ShardMoving, ShardUnavailable, UnknownShard
 from django_shards.strategies.base import Layout, Strategy, load_strategy
 
@@ -85,11 +87,6 @@ class ShardMap:
     def shard_for_key(self, key: Any) -> Shard:
         """The shard owning ``key``. Raises ``NoShardForKey``."""
         return self.shards[self.strategy.shard_for_key(self.layout, key)]
-
-    def shards_for_keys(self, keys: Iterable[Any]) -> list[Shard]:
-        """The shards owning ``keys``, each once, in map order."""
-        names = {self.strategy.shard_for_key(self.layout, k) for k in keys}
-        return [s for n, s in self.shards.items() if n in names]
 
     def shards_for_range(
         self, lo: Any, hi: Any, lo_inclusive: bool = True, hi_inclusive: bool = False
@@ -328,6 +325,12 @@ class MapRegistry:
 
 
 registry = MapRegistry()
+
+
+@receiver(setting_changed, dispatch_uid="django_shards.shardmap.registry")
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        registry.reset()
 
 
 def get_map(group: str) -> ShardMap:
