@@ -71,11 +71,6 @@ def current_pins() -> dict[str, tuple[float, str | None]]:
     return {alias: entry for alias, entry in _pins.get().items() if entry[0] > now}
 
 
-def set_pins(pins: Mapping[str, tuple[float, str | None]]) -> None:
-    """Replace this context's pins (the middleware restores them from a cookie)."""
-    _pins.set(dict(pins))
-
-
 def clear_pins() -> None:
     _pins.set({})
 

@@ -78,7 +78,3 @@ class SplitJob(models.Model):
 
     def __str__(self) -> str:
         return f"split {self.group}/{self.source} -> {self.target} ({self.phase})"
-
-    @property
-    def active(self) -> bool:
-        return self.phase in self.ACTIVE_PHASES

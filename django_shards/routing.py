@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -20,6 +21,8 @@ from django_shards.health import monitor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
 from django_shards.shardmap import ShardMap, get_map
+
+logger = logging.getLogger("django_shards.routing")
 
 
 def sharding_of(model: type[models.Model]) -> ShardKey:
@@ -140,7 +143,13 @@ def note_write(alias: str, *, same_session: bool = True) -> None:
                 if not gtid and same_session:
                     cursor.execute("SELECT @@gtid_binlog_pos")
                     gtid = cursor.fetchone()[0]
-        except Exception:  # noqa: BLE001 - without a GTID the pin stays time-based
+        except Exception as exc:  # noqa: BLE001 - without a GTID the pin stays time-based
+            logger.warning(
+                "no GTID read from %s after a write (%r): reads after it use the primary for "
+                "PIN_AFTER_WRITE_SECONDS instead of replicas that applied it",
+                alias,
+                exc,
+            )
             return
         if gtid:
             context.pin(alias, config.pin_after_write_seconds, gtid)
