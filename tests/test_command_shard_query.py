@@ -19,12 +19,6 @@ from django.test.utils import CaptureQueriesContext
 import django_shards
 from django_shards import shard_for
 from django_shards.management.commands._base import _join_dash_values, format_table
-from django_shards.management.commands.shard_query import (
-    SQLFailed,
-    UnsafeSQL,
-    read_only_select,
-    run_read_only,
-)
 from django_shards.routing import shard_map_for
 from tests.factories import AuthorFactory, PostFactory
 from tests.testapp.models import Author, Post, Tag
@@ -297,19 +291,6 @@ def test_sql_refuses_anything_but_one_select_and_runs_nothing(authors, sql):
     assert Author.objects.strong().count() == len(authors)
 
 
-def test_sql_guard_keeps_plain_selects_and_drops_the_trailing_semicolon():
-    assert read_only_select("  SELECT 1;  -- done\n") == "SELECT 1"
-    assert read_only_select("select replace(email, 'a', 'b') from t") == (
-        "select replace(email, 'a', 'b') from t"
-    )
-    assert read_only_select("WITH x AS (SELECT 1 AS n) SELECT n FROM x UNION SELECT 2")
-    assert read_only_select("SELECT 'DELETE FROM t; DROP TABLE t' AS s") == (
-        "SELECT 'DELETE FROM t; DROP TABLE t' AS s"
-    )
-    with pytest.raises(UnsafeSQL, match="DELETE"):
-        read_only_select("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x")
-
-
 def test_sql_error_from_the_database_names_the_shard_and_exits_1(authors):
     error = refused("testapp.Author", "--sql", "SELECT no_such_column FROM testapp_author")
     assert error.returncode == 1
@@ -336,31 +317,6 @@ def test_sql_does_not_combine_with_orm_options(extra):
 def test_sql_needs_a_sharded_model():
     error = refused("testapp.Tag", "--sql", "SELECT 1")
     assert "testapp.Tag is not sharded" in str(error)
-
-
-@pytest.mark.django_db(transaction=True, databases="__all__")
-def test_a_write_that_slips_past_the_parser_is_refused_by_the_database():
-    """The second guard on its own: a read-only transaction (MySQL) or query_only (SQLite)."""
-    author = AuthorFactory(score=1)
-    shard = shard_for(Author, author.pk)
-    for alias in shard.aliases:
-        with pytest.raises(SQLFailed):
-            run_read_only(alias, "UPDATE testapp_author SET score = 99")
-        with pytest.raises(SQLFailed):
-            run_read_only(alias, "SELECT 1; SELECT 2")
-    assert Author.objects.strong().get(pk=author.pk).score == 1
-    author.score = 2
-    author.save()  # the connections are writable again afterwards
-    assert Author.objects.strong().get(pk=author.pk).score == 2
-
-
-def test_a_write_inside_a_callers_transaction_is_rolled_back(authors):
-    primary = shard_for(Author, authors[0].pk).primary
-    try:
-        run_read_only(primary, "UPDATE testapp_author SET score = 99")
-    except SQLFailed:
-        pass  # SQLite refuses it outright
-    assert not Author.objects.strong().filter(score=99).exists()
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -5,27 +5,20 @@ ORM mode builds a queryset from ``--filter``/``--exclude``/``--order-by``/``--li
 as data. ``--sql`` runs one read-only ``SELECT`` on every shard of the model's group and
 prints the rows of all shards with a leading ``shard`` column.
 
-``--sql`` is guarded twice. First the text must be a single plain ``SELECT`` (parsed with
-sqlparse; writes, locks, ``INTO``, several statements and the constructs on which MySQL and
-sqlparse could disagree are refused before any database is touched). Then it runs where a
-read of the shard runs (a replica, ``read_only`` on MariaDB, unless the read is strong),
-with MySQL's multi-statement support switched off, in a read-only transaction (MySQL) or
-``PRAGMA query_only`` (SQLite) that is always rolled back.
+``--sql`` is guarded twice (:mod:`django_shards.sqlguard`). First the text must be a single
+plain ``SELECT``, refused before any database is touched otherwise. Then it runs where a
+read of the shard runs (a replica, ``read_only`` on MariaDB, unless the read is strong), in
+a read-only transaction that is always rolled back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import sqlparse
 from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
 from django.core.management.base import CommandParser
-from django.db import DatabaseError, connections, models, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
-from sqlparse import tokens as T
+from django.db import DatabaseError, models
 
 from django_shards.conf import get_config
 from django_shards.exceptions import FanoutError, ShardingError, UnknownShard
@@ -40,194 +33,12 @@ from django_shards.management.commands._base import (
 )
 from django_shards.routing import read_alias
 from django_shards.shardmap import get_map
+from django_shards.sqlguard import SQLFailed, UnsafeSQL, read_only_select, run_read_only
 
 #: errors that mean "this filter, field or value does not fit the model"
 BAD_INPUT_ERRORS = (FieldError, FieldDoesNotExist, ValidationError, ValueError, TypeError)
 _FIELD_PATH = re.compile(r"[A-Za-z_]\w*", re.ASCII)
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
-
-# -- the SQL guard -------------------------------------------------------------------------
-
-#: words that make a SELECT write or lock: SELECT ... INTO OUTFILE/DUMPFILE/@var,
-#: LOCK IN SHARE MODE, PROCEDURE ANALYSE()
-_REFUSED_WORDS = frozenset({"INTO", "OUTFILE", "DUMPFILE", "LOCK", "PROCEDURE"})
-#: functions with side effects outside the query's result
-_REFUSED_FUNCTIONS = frozenset(
-    {
-        "GET_LOCK",
-        "RELEASE_LOCK",
-        "RELEASE_ALL_LOCKS",
-        "NEXTVAL",
-        "SETVAL",
-        "LOAD_FILE",
-        "LOAD_EXTENSION",
-    }
-)
-#: after "--", MySQL needs whitespace to read a comment (``--1`` is minus minus one)
-_COMMENT_SPACE = frozenset(" \t\r\n")
-MYSQL_OPTION_MULTI_STATEMENTS_ON = 0
-MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
-
-
-class UnsafeSQL(ValueError):
-    """``--sql`` text that is not a single plain, read-only ``SELECT``."""
-
-
-def _significant(statement: Any) -> list[Any]:
-    """The statement's tokens without whitespace, comments and semicolons."""
-    return [
-        t
-        for t in statement.flatten()
-        if not t.is_whitespace
-        and t.ttype not in T.Comment
-        and not (t.ttype is T.Punctuation and t.value == ";")
-    ]
-
-
-def read_only_select(sql: str) -> str:
-    """The one ``SELECT`` statement in ``sql``, ready to run (no trailing ``;``).
-
-    Raises :class:`UnsafeSQL` saying why the text is refused. Besides anything that is
-    not a ``SELECT``, this refuses what the two SQL readers (sqlparse here, the database
-    there) could split differently: backslashes, ``#``, ``--`` without a following space,
-    ``/*! ... */``, dollar quotes and ``[bracketed]`` names.
-    """
-    if "\\" in sql:
-        raise UnsafeSQL(
-            "backslashes are not accepted, because MySQL and SQLite read them differently "
-            "in string literals; write a quote inside a string as ''"
-        )
-    statements = [s for s in sqlparse.parse(sql) if _significant(s)]
-    if not statements:
-        raise UnsafeSQL("there is no statement to run")
-    if len(statements) > 1:
-        raise UnsafeSQL(f"it holds {len(statements)} statements; give exactly one SELECT")
-    statement = statements[0]
-    kind = statement.get_type()
-    if kind != "SELECT":
-        article = "an" if kind[:1] in ("A", "E", "I", "O", "U") else "a"
-        what = "not a SELECT" if kind == "UNKNOWN" else f"{article} {kind} statement"
-        raise UnsafeSQL(f"it is {what}; only a single SELECT is run")
-    tokens = [t for t in statement.flatten() if not t.is_whitespace]
-    for token in tokens:
-        if token.ttype in T.Comment:
-            _check_comment(token.value)
-    code = [t for t in tokens if t.ttype not in T.Comment]  # GET_LOCK/**/( is still a call
-    for i, token in enumerate(code):
-        _check_token(token, code[i + 1].value.upper() if i + 1 < len(code) else "")
-    kept = list(statement.flatten())
-    while kept and (kept[-1].is_whitespace or kept[-1].ttype in T.Comment or kept[-1].value == ";"):
-        kept.pop()
-    return "".join(t.value for t in kept).strip()
-
-
-def _check_comment(value: str) -> None:
-    if value.startswith(("/*!", "/*M!")):
-        raise UnsafeSQL("MySQL runs the text of /*! ... */ comments; remove the comment")
-    if value.startswith("#"):
-        raise UnsafeSQL("# comments are not accepted; use -- followed by a space")
-    if value.startswith("--") and (len(value) < 3 or value[2] not in _COMMENT_SPACE):
-        raise UnsafeSQL("-- starts a comment only when a space follows it")
-
-
-def _check_token(token: Any, next_word: str) -> None:
-    """Refuse a token (not a comment) that writes, locks or may be read differently."""
-    value: str = token.value
-    upper = value.upper()
-    if token.ttype in T.String:
-        return
-    if token.ttype in T.Keyword.DML and upper != "SELECT":
-        raise UnsafeSQL(f"it contains {upper}; only reading is allowed")
-    if token.ttype in T.Keyword.DDL:
-        raise UnsafeSQL(f"it contains {upper}; only reading is allowed")
-    if upper in _REFUSED_WORDS:
-        raise UnsafeSQL(f"it contains {upper}, which writes or locks; only reading is allowed")
-    if upper == "FOR" and next_word in {"UPDATE", "SHARE"}:
-        raise UnsafeSQL(f"FOR {next_word} takes row locks; only reading is allowed")
-    if upper == "NEXT" and next_word == "VALUE":
-        raise UnsafeSQL("NEXT VALUE FOR advances a sequence; only reading is allowed")
-    if upper in _REFUSED_FUNCTIONS and next_word == "(":
-        raise UnsafeSQL(f"{upper}() has side effects; only reading is allowed")
-    if "#" in value and not value.startswith(("`", '"')):
-        raise UnsafeSQL("# is not accepted outside a string (MySQL reads it as a comment)")
-    if token.ttype is T.Literal and value.startswith("$"):
-        raise UnsafeSQL("dollar-quoted strings are not accepted; use '...'")
-    if value.startswith(("[", "´")):
-        raise UnsafeSQL('[bracketed] names are not accepted; quote names with " or `')
-
-
-@contextlib.contextmanager
-def _one_statement_only(connection: BaseDatabaseWrapper) -> Iterator[None]:
-    """MySQL: the server refuses a second statement while the block runs.
-
-    mysqlclient turns multi-statements on by default; SQLite's driver never runs more
-    than one statement per call.
-    """
-    raw = connection.connection
-    if connection.vendor != "mysql" or not hasattr(raw, "set_server_option"):
-        yield
-        return
-    raw.set_server_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF)
-    try:
-        yield
-    finally:
-        if connection.settings_dict.get("OPTIONS", {}).get("multi_statements", True):
-            # a connection too broken to take the option back is dropped by Django anyway
-            with contextlib.suppress(Exception):
-                raw.set_server_option(MYSQL_OPTION_MULTI_STATEMENTS_ON)
-
-
-@contextlib.contextmanager
-def _read_only(connection: BaseDatabaseWrapper, *, outermost: bool) -> Iterator[None]:
-    """Inside ``transaction.atomic``: refuse writes where the backend can.
-
-    MySQL/MariaDB: ``SET TRANSACTION READ ONLY`` when this block opened the transaction
-    (it cannot change a transaction that is already running). SQLite: ``PRAGMA
-    query_only`` for the block, restored after.
-    """
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("PRAGMA query_only")
-            (before,) = cursor.fetchone()
-            cursor.execute("PRAGMA query_only = ON")
-            try:
-                yield
-            finally:
-                cursor.execute(f"PRAGMA query_only = {'ON' if before else 'OFF'}")
-            return
-        if connection.vendor == "mysql" and outermost:
-            cursor.execute("SET TRANSACTION READ ONLY")
-    yield
-
-
-def run_read_only(alias: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run ``sql`` on ``alias`` and return ``(columns, rows)``; nothing it does is kept.
-
-    The statement runs in a transaction (a savepoint inside a caller's transaction) that
-    is rolled back, read-only where the backend allows it. Call it only with the output
-    of :func:`read_only_select`: this is the second guard, not the first.
-    """
-    connection = connections[alias]
-    connection.ensure_connection()  # a replica that cannot connect: the executor asks the primary
-    outermost = not connection.in_atomic_block and connection.get_autocommit()
-    try:
-        with transaction.atomic(using=alias), _one_statement_only(connection):
-            with _read_only(connection, outermost=outermost), connection.cursor() as cursor:
-                cursor.execute(sql)
-                description = cursor.description  # None: the statement returned no rows
-                columns = [c[0] for c in description or ()]
-                rows = [tuple(row) for row in cursor.fetchall()] if description else []
-            transaction.set_rollback(True, using=alias)
-    except DatabaseError as exc:
-        # Not a DatabaseError any more: the executor must not take an error in the SQL
-        # for a broken replica and run it again on the primary.
-        raise SQLFailed(error_reason(exc)) from exc
-    return columns, rows
-
-
-class SQLFailed(Exception):
-    """The database refused or failed the ``--sql`` statement."""
-
 
 # -- the command ---------------------------------------------------------------------------
 
