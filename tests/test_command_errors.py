@@ -532,3 +532,19 @@ def test_shard_status_on_the_command_line_reports_an_alias_the_deploy_forgot():
     assert "users/s9: s5_r1 not in DATABASES" in outcome.out
     assert "overall: UNHEALTHY" in outcome.out
     assert_clean(outcome.out)
+
+
+def test_shard_status_on_the_command_line_reports_a_dead_shard_instead_of_failing():
+    """Django 6.1's system checks connect to every alias unless the command says not to: a
+    dead shard must not stop shard_status before it can report it."""
+    authors_on("s0", "s1")
+    if MARIADB:
+        with killed("p1"):
+            outcome = cli("shard_status", "--check")
+    else:
+        outcome = cli("shard_status", "--check", dead=("s1",))
+    assert outcome.code == 1, outcome
+    assert "CommandError" not in outcome.message, outcome
+    assert_clean(outcome.message + outcome.out)
+    assert "overall: UNHEALTHY" in outcome.out
+    assert "unreachable" in outcome.out
