@@ -111,7 +111,7 @@ def test_every_message_has_a_hint_pointing_at_its_docs_anchor() -> None:
     assert {"django_shards.E009", "django_shards.E008", "django_shards.W001"} <= set(ids(messages))
     for message in messages:
         code = message.id.removeprefix("django_shards.").lower()
-        assert message.hint.endswith(f"See docs/checks.md#{code}"), message
+        assert message.hint.endswith(f"See {checks.DOCS_URL}checks/#{code}"), message
 
 
 @pytest.mark.parametrize("value", [["GROUPS"], "GROUPS", 3])
