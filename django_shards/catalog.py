@@ -31,7 +31,7 @@ def record_initial_versions(*, using: str, apps: Any = None, **kwargs: Any) -> N
     version 1 is stored keeps it, whatever the settings say now. A group whose settings
     cannot be built (reported by the system checks) is skipped until a later ``migrate``.
     """
-    from django_shards.checks import check_settings
+    from django_shards.checks.settings import check_settings
 
     config = get_config()
     if using != config.catalog or not router.allow_migrate(using, "django_shards"):
