@@ -21,6 +21,7 @@ are used too, and the lag is the larger of ``Seconds_Behind_Master`` and the GTI
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -34,6 +35,8 @@ from django.db import connections
 from django.dispatch import receiver
 
 from django_shards.conf import WATCHED_SETTINGS, get_config
+
+logger = logging.getLogger("django_shards.health")
 
 #: how long a probe's answer is trusted
 HEALTH_TTL_SECONDS = 1.0
@@ -260,8 +263,8 @@ class HealthMonitor:
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as close_exc:  # noqa: BLE001 - already broken
+                logger.debug("%s: closing its broken connection failed: %r", alias, close_exc)
             return AliasHealth(
                 alias,
                 role,
@@ -300,7 +303,8 @@ class HealthMonitor:
             with connections[primary].cursor() as cursor:
                 cursor.execute(f"SELECT @@gtid_binlog_pos, {_SERVER}")
                 position, server = cursor.fetchone()
-        except Exception:  # noqa: BLE001 - the replica's probe must not fail for it
+        except Exception as exc:  # noqa: BLE001 - the replica's probe must not fail for it
+            logger.debug("primary %s: its GTID position could not be read: %r", primary, exc)
             return None
         return self._record(primary, position or "", server, time.monotonic())
 
@@ -410,6 +414,8 @@ class HealthMonitor:
             if code == (_ER_SPECIFIC_ACCESS_DENIED,):  # no SLAVE MONITOR privilege
                 with self._lock:
                     self._no_slave_status[alias] = time.monotonic()
+            else:
+                logger.debug("%s: SHOW SLAVE STATUS failed: %r", alias, exc)
             return None
 
     def has_applied(self, replica: str, gtid: str) -> bool:
@@ -422,7 +428,8 @@ class HealthMonitor:
             with connections[replica].cursor() as cursor:
                 cursor.execute("SELECT @@gtid_slave_pos")
                 seen = cursor.fetchone()[0]
-        except Exception:  # noqa: BLE001 - the read path handles a broken replica
+        except Exception as exc:  # noqa: BLE001 - the read path handles a broken replica
+            logger.debug("replica %s: its GTID position could not be read: %r", replica, exc)
             return False
         self._positions[replica] = seen
         return gtid_covered(gtid, seen)
