@@ -20,9 +20,10 @@ from django.db import DatabaseError, connections, models
 from django.utils.connection import ConnectionDoesNotExist
 
 from django_shards.conf import get_config
-from django_shards.exceptions import ShardUnavailable
+from django_shards.exceptions import ShardUnavailable, SplitError
 from django_shards.health import AliasHealth, monitor
 from django_shards.keys import ShardKey, sharded_models
+from django_shards.resharding.plan import default_split_point
 from django_shards.shardmap import (
     CatalogUnreadable,
     ShardMap,
@@ -106,11 +107,12 @@ class GroupStatus:
     @property
     def balance(self) -> float | None:
         """max/mean of rows over the shards that own keys (1.0 is perfect)."""
-        totals = [s.total_rows for s in self.shards if not s.pending]
-        if not totals or any(t is None for t in totals):
+        owning = [s.total_rows for s in self.shards if not s.pending]
+        totals = [t for t in owning if t is not None]
+        if not totals or len(totals) < len(owning):
             return None
-        mean = statistics.fmean(totals)  # type: ignore[arg-type]
-        return None if mean == 0 else max(totals) / mean  # type: ignore[type-var]
+        mean = statistics.fmean(totals)
+        return None if mean == 0 else max(totals) / mean
 
     @property
     def healthy(self) -> bool:
@@ -207,27 +209,18 @@ def _exact_rows(alias: str, model: type[models.Model]) -> int | None:
         return None
 
 
-def median_key(shard_map: ShardMap, shard_name: str, sk: ShardKey) -> Any:
-    """The median shard key stored on a shard (the default split point of a range split)."""
-    alias = shard_map.shard_named(shard_name).primary
-    qs = sk.model._base_manager.using(alias).order_by(sk.attname).values_list(sk.attname, flat=True)
-    count = qs.count()
-    if count == 0:
-        return None
-    return qs[count // 2]
-
-
-def _suggestion(
-    group: str, shard_map: ShardMap, shard: str, keys: list[ShardKey], exact: bool
-) -> str:
-    if shard_map.strategy.name == "modulo":
-        return "modulo cannot split one shard: grow by doubling every shard (see W020)"
+def _suggestion(group: str, shard_map: ShardMap, shard: str, exact: bool) -> str:
+    """A ``shard_split`` command line for a hot shard, with ``--at`` where the split's
+    default point is one (read only with exact counts: it reads the shard's keys)."""
+    strategy = shard_map.strategy
+    if strategy.split_refusal is not None:
+        return strategy.split_refusal
     base = f"manage.py shard_split {group} {shard} --to NEW --primary ALIAS"
-    if shard_map.strategy.name != "range" or not keys or not exact:
-        return base  # a range split without --at splits at the median key it finds
+    if not exact:
+        return base  # shard_split without --at picks the same default point itself
     try:
-        at = median_key(shard_map, shard, keys[0])
-    except (DatabaseError, ConnectionDoesNotExist):
+        at = default_split_point(shard_map, shard)
+    except (SplitError, DatabaseError, ConnectionDoesNotExist):
         return base
     return base if at is None else f"{base} --at {at}"
 
@@ -297,10 +290,10 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
         totals = [s.total_rows for s in shards if not s.pending and s.total_rows is not None]
         mean = statistics.fmean(totals) if totals else 0
         for s in shards:
-            rows = s.total_rows or 0
-            if not s.pending and mean and rows >= HOT_MIN_ROWS and rows > HOT_FACTOR * mean:
+            total = s.total_rows or 0
+            if not s.pending and mean and total >= HOT_MIN_ROWS and total > HOT_FACTOR * mean:
                 s.hot = True
-                s.suggestion = _suggestion(name, shard_map, s.name, keys, exact_counts)
+                s.suggestion = _suggestion(name, shard_map, s.name, exact_counts)
         active = SplitJob.objects.using(config.catalog).filter(
             group=name, phase__in=SplitJob.ACTIVE_PHASES
         )

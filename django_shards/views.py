@@ -22,7 +22,13 @@ from django_shards.conf import get_config
 from django_shards.health import AliasHealth
 from django_shards.shardmap import get_map
 from django_shards.status import HOT_FACTOR, GroupStatus, ShardStatus, collect_status
-from django_shards.svg import HEALTH_COLOURS, health_state, shard_colour, shard_map_svg, worst_state
+from django_shards.status_svg import (
+    HEALTH_COLOURS,
+    health_state,
+    shard_colour,
+    shard_map_svg,
+    worst_state,
+)
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,15 @@ from django.urls import reverse
 from django_shards import shard_for
 from django_shards.conf import Shard, get_config
 from django_shards.models import SplitJob
+from django_shards.resharding import plan_split
 from django_shards.shardmap import ShardMap, get_map, write_version
-from django_shards.status import GroupStatus, ShardStatus
+from django_shards.status import HOT_MIN_ROWS, GroupStatus, ShardStatus
+from django_shards.status_svg import HEALTH_COLOURS, shard_map_svg
+from django_shards.strategies import Layout, Strategy, register_drawer
 from django_shards.strategies.consistent_hash import RING, RingLayout, shard_tokens
+from django_shards.strategies.consistent_hash_svg import ring_arcs
 from django_shards.strategies.range import RangeLayout, RangeStrategy
-from django_shards.svg import HEALTH_COLOURS, ring_arcs, shard_map_svg
+from django_shards.svg import BAR_Y, Canvas, Drawing, el
 from tests.conftest import MARIADB
 from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Reading
 
@@ -354,10 +358,12 @@ def test_one_group_can_be_asked_for_and_bad_input_is_refused(staff_client):
     assert staff_client.get(status_url(format="xml")).status_code == 400
 
 
-def offline_picture(group: str, layout: RangeLayout, primaries: dict[str, str]) -> ET.Element:
-    """The SVG of a range group with ``layout``, drawn from a status made up here (no
-    database), parsed as XML."""
-    strategy = RangeStrategy()
+def offline_picture(
+    group: str, layout: Layout, primaries: dict[str, str], strategy: Strategy | None = None
+) -> ET.Element:
+    """The SVG of a group with ``layout`` (a range group unless ``strategy`` says otherwise),
+    drawn from a status made up here (no database), parsed as XML."""
+    strategy = strategy or RangeStrategy()
     shard_map = ShardMap(
         group=group,
         version=1,
@@ -379,7 +385,7 @@ def offline_picture(group: str, layout: RangeLayout, primaries: dict[str, str]) 
         )
         for name, primary in primaries.items()
     ]
-    status = GroupStatus(group, "range", 1, ["app.M<x>"], shards)
+    status = GroupStatus(group, strategy.name, 1, ["app.M<x>"], shards)
     svg = str(shard_map_svg(status, shard_map))
     assert "<b>" not in svg
     return ET.fromstring(svg)  # raises unless well-formed
@@ -406,6 +412,96 @@ def test_range_with_finite_ends_and_a_gap_draws_the_gap_and_no_arrows():
         "20",
         "30",
     ]
+
+
+# -- a strategy of one's own ---------------------------------------------------------------
+
+
+class ListedLayout(Layout):
+    """Shards in a list, each owning what its weight says (a strategy written for a test)."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        self.weights = dict(weights)
+
+    def to_json(self) -> dict[str, float]:
+        return self.weights
+
+    def shard_names(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+
+class UndrawnLayout(ListedLayout):
+    """A layout whose strategy registered no drawer of its own."""
+
+
+class ListedStrategy(Strategy):
+    name = "listed"
+
+    def point(self, key: object) -> object:
+        return key
+
+    def initial_layout(self, shards: object) -> ListedLayout:
+        raise NotImplementedError
+
+    def load_layout(self, data: dict[str, float]) -> ListedLayout:
+        return ListedLayout(data)
+
+    def locate(self, layout: Layout, point: object) -> str:
+        return layout.shard_names()[0]
+
+    def split(self, layout: Layout, source: str, target: str, at: object = None) -> Layout:
+        raise NotImplementedError
+
+    def share(self, layout: Layout) -> dict[str, float | None]:
+        return dict(layout.weights)  # type: ignore[attr-defined]
+
+
+def draw_listed(layout: ListedLayout, strategy: Strategy, canvas: Canvas) -> Drawing:
+    drawing = Drawing.of(canvas, caption="listed: one tile per shard")
+    for i, name in enumerate(layout.shard_names()):
+        tile = {"class": "tile", "x": 60 * i, "y": BAR_Y, "width": 50, "height": 50}
+        drawing.owned[name].append(el("rect", {**tile, "fill": canvas.colours[name]}))
+    return drawing
+
+
+register_drawer(ListedLayout, f"{__name__}.draw_listed")
+register_drawer(UndrawnLayout, "django_shards.svg.draw_shares")
+
+
+def test_a_custom_strategy_is_drawn_by_the_drawer_it_registered():
+    layout = ListedLayout({"a": 0.25, "b": 0.75})
+    root = offline_picture("g", layout, {"a": "s0", "b": "s1"}, ListedStrategy())
+    assert root.get("data-strategy") == "listed"
+    for name, g in shard_groups(root).items():
+        (tile,) = [r for r in g.iter(f"{SVG}rect") if has_class(r, "tile")]
+        assert tile.get("fill") == g.get("data-colour"), name
+    assert "listed: one tile per shard" in [t.text for t in root.iter(f"{SVG}text")]
+
+
+def test_a_layout_without_a_drawer_of_its_own_is_drawn_as_its_shares():
+    layout = UndrawnLayout({"a": 0.25, "b": 0.75})
+    root = offline_picture("g", layout, {"a": "s0", "b": "s1"}, ListedStrategy())
+    slots = [r for r in root.iter(f"{SVG}rect") if has_class(r, "slot")]
+    assert [s.find(f"{SVG}title").text for s in slots] == [
+        "a: 25% of the keys",
+        "b: 75% of the keys",
+    ]
+    assert float(slots[1].get("width")) == pytest.approx(3 * float(slots[0].get("width")), 0.01)
+
+
+@db
+def test_the_split_suggested_for_a_hot_range_shard_is_the_split_shard_split_plans(staff_client):
+    accounts = [(i * 7) % 1000 for i in range(HOT_MIN_ROWS + 200)]  # all on s0: [-inf, 1000)
+    Event.objects.bulk_create([Event(account=a, kind="open") for a in accounts])
+    Event.objects.bulk_create([Event(account=1000 + i, kind="pay") for i in range(10)])
+    Event.objects.bulk_create([Event(account=2000 + i, kind="pay") for i in range(10)])
+    response = staff_client.get(status_url(format="json", counts="exact", group="events"))
+    (s0,) = [s for s in response.json()["groups"][0]["shards"] if s["hot"]]
+    suggested = s0["suggestion"].rpartition(" --at ")[2]
+
+    plan = plan_split("events", "s0", "s4", "s4")  # no --at: the split's own default
+    assert suggested == str(plan.at)
+    assert plan.at == sorted(accounts)[len(accounts) // 2]
 
 
 # -- in a real browser -----------------------------------------------------------------------

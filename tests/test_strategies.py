@@ -736,6 +736,76 @@ def test_range_pruning_never_drops_a_shard_holding_matching_keys(
     assert chosen == list(dict.fromkeys(needed))  # exact for ints, in key order
 
 
+# --- splitting, as the split command asks ----------------------------------------------
+
+
+class Stored:
+    """The keys stored on a shard, as a split hands them to a strategy; counts the reads."""
+
+    def __init__(self, median: Any) -> None:
+        self._median = median
+        self.reads = 0
+
+    def median(self) -> Any:
+        self.reads += 1
+        return self._median
+
+
+def test_a_range_split_without_a_key_splits_at_the_median_key_stored() -> None:
+    strategy, layout = int_range_layout()
+    stored = Stored(37)
+    assert strategy.splits_at_key and strategy.can_split_one_shard
+    assert strategy.default_split_point(layout, "b", stored) == 37
+    assert stored.reads == 1
+
+
+def test_a_range_split_of_an_empty_shard_needs_a_key() -> None:
+    strategy, layout = int_range_layout()
+    with pytest.raises(SplitError, match="Shard 'b' holds no rows, .* pass --at KEY"):
+        strategy.default_split_point(layout, "b", Stored(None))
+
+
+@pytest.mark.parametrize(
+    "strategy", [HashStrategy(), ConsistentHashStrategy({"vnodes": 4})], ids=["hash", "ring"]
+)
+def test_hash_like_splits_pick_their_own_point_without_reading_the_shard(strategy: Any) -> None:
+    layout = strategy.initial_layout([shard(name) for name in names(2)])
+    stored = Stored(37)
+    assert strategy.default_split_point(layout, "s0", stored) is None
+    assert stored.reads == 0
+    assert not strategy.splits_at_key and strategy.can_split_one_shard
+    assert strategy.encode_split_point(None) is None
+    assert strategy.decode_split_point(None) is None
+
+
+def test_modulo_cannot_split_one_shard_and_says_why() -> None:
+    strategy = ModuloStrategy()
+    layout = strategy.initial_layout([shard(name) for name in names(2)])
+    assert not strategy.can_split_one_shard
+    with pytest.raises(SplitError) as excinfo:
+        strategy.split(layout, "s0", "s2")
+    assert str(excinfo.value) == strategy.split_refusal
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        None,
+        -(2**70),
+        "ключ",
+        datetime.date(2024, 2, 29),
+        datetime.datetime(2024, 1, 1, 0, 0, 0, 1),
+        decimal.Decimal("1.50"),
+        uuid.UUID(int=12345),
+    ],
+)
+def test_a_range_split_key_survives_the_json_of_the_split_job(at: Any) -> None:
+    strategy = RangeStrategy()
+    stored = json.loads(json.dumps(strategy.encode_split_point(at)))
+    back = strategy.decode_split_point(stored)
+    assert back == at and type(back) is type(at)
+
+
 # --- checks ----------------------------------------------------------------------------
 
 

@@ -152,10 +152,10 @@ def _aliases_in_use() -> dict[str, str]:
         for shard in get_map(group).shards.values():
             for alias in shard.aliases:
                 used.setdefault(alias, f"{group}/{shard.name}")
-    for group in get_config().groups.values():
-        for spec in group.shards:
+    for settings_group in get_config().groups.values():
+        for spec in settings_group.shards:
             for alias in spec.shard.aliases:
-                used.setdefault(alias, f"{group.name}/{spec.name}")
+                used.setdefault(alias, f"{settings_group.name}/{spec.name}")
     return used
 
 
@@ -206,12 +206,13 @@ def count_moving_rows(plan: SplitPlan, batch_size: int = 5000) -> None:
             plan.source_rows[spec.label] = total
 
 
-def median_key(plan_base: ShardMap, source: str, tables: list[TableSpec]) -> Any:
-    """The median key stored on ``source``, over the group's table with the most rows.
+def median_key(shard_map: ShardMap, source: str, tables: list[TableSpec]) -> Any:
+    """The median key stored on ``source``, over the group's table with the most rows
+    (None when it holds no rows).
 
     Raises ``SplitError`` naming the source and its alias when the source fails.
     """
-    with _reading(plan_base, source, "find the median key to split at") as alias:
+    with _reading(shard_map, source, "find the median key to split at") as alias:
         best = None
         for spec in tables:
             qs = spec.model._base_manager.using(alias)
@@ -226,6 +227,34 @@ def median_key(plan_base: ShardMap, source: str, tables: list[TableSpec]) -> Any
             spec.model._base_manager.using(alias).order_by(attname).values_list(attname, flat=True)
         )
         return values[count // 2]
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """The keys stored on one shard, read from its primary only when a strategy asks
+    (:class:`django_shards.strategies.base.StoredKeys`)."""
+
+    shard_map: ShardMap
+    shard: str
+    tables: list[TableSpec]
+
+    def median(self) -> Any:
+        return median_key(self.shard_map, self.shard, self.tables)
+
+
+def default_split_point(
+    shard_map: ShardMap, source: str, tables: list[TableSpec] | None = None
+) -> Any:
+    """The ``at`` a split of ``source`` uses when ``--at`` is not given (the strategy's
+    choice: range, the median key stored; None for strategies whose split needs none).
+
+    ``shard_status`` suggests the same point. Raises ``SplitError`` when there is none
+    (an empty range shard) or the source fails.
+    """
+    if tables is None:
+        tables = group_tables(shard_map.group)
+    stored = StoredKeys(shard_map, source, tables)
+    return shard_map.strategy.default_split_point(shard_map.layout, source, stored)
 
 
 def _check_target_empty(alias: str, tables: list[TableSpec]) -> None:
@@ -299,24 +328,19 @@ def plan_split(
     tables = group_tables(group)
     _check_target_empty(primary, tables)
     strategy = base.strategy
-    if strategy.name == "range":
-        if at is None:
-            at = median_key(base, source, tables)
-            if at is None:
-                raise SplitError(
-                    f"Shard {source!r} holds no rows, so there is no median key to split at; "
-                    "pass --at KEY."
-                )
+    if at is not None and not strategy.splits_at_key:
+        raise SplitError(
+            f"--at only applies to range groups; group {group!r} uses {strategy.name!r}, "
+            "whose split halves the source shard."
+        )
+    if at is None:
+        at = default_split_point(base, source, tables)
+    if at is not None:
         try:
             if strategy.shard_for_key(base.layout, at) != source:
                 raise SplitError(f"--at {at!r} is not a key of shard {source!r}.")
         except NoShardForKey:
             raise SplitError(f"--at {at!r} is outside every shard's range.") from None
-    elif at is not None:
-        raise SplitError(
-            f"--at only applies to range groups; group {group!r} uses {strategy.name!r}, "
-            "whose split halves the source shard."
-        )
     # the strategy validates the rest (e.g. at strictly inside the interval; modulo refuses)
     new_layout = strategy.split(base.layout, source, target, at)
     return SplitPlan(

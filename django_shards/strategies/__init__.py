@@ -4,6 +4,13 @@ One module per strategy. A custom strategy is any :class:`Strategy` subclass nam
 dotted path in a group's ``STRATEGY``.
 """
 
-from django_shards.strategies.base import Layout, Strategy, canonical_text, load_strategy
+from django_shards.strategies.base import (
+    Layout,
+    StoredKeys,
+    Strategy,
+    canonical_text,
+    load_strategy,
+    register_drawer,
+)
 
-__all__ = ["Layout", "Strategy", "canonical_text", "load_strategy"]
+__all__ = ["Layout", "StoredKeys", "Strategy", "canonical_text", "load_strategy", "register_drawer"]

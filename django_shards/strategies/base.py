@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
@@ -36,6 +36,17 @@ def canonical_text(key: Any) -> bytes:
     return str(canonical_key(key)).encode("utf-8")
 
 
+class StoredKeys(Protocol):
+    """The shard keys stored on one shard, read from its primary only when asked.
+
+    ``django_shards.resharding.plan`` gives one to :meth:`Strategy.default_split_point`.
+    """
+
+    def median(self) -> Any:
+        """The median key stored on the shard (over the group's table with the most rows),
+        or None when it holds no rows. Raises ``SplitError`` when the database fails."""
+
+
 class Layout(abc.ABC):
     """An immutable assignment of points to shard names, serialisable to JSON."""
 
@@ -59,6 +70,12 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = "custom"
     #: True when points keep the keys' order, so range predicates can be pruned.
     ordered: ClassVar[bool] = False
+    #: True when ``split`` takes the key to split at (``--at``); False when it picks the
+    #: split itself and ``at`` must be None.
+    splits_at_key: ClassVar[bool] = False
+    #: None when ``split`` can split one shard; else the sentence saying why it never can
+    #: (``SplitError``'s message, shown by ``shard_status`` instead of a split command).
+    split_refusal: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: dict[str, Any] = dict(options or {})
@@ -103,6 +120,29 @@ class Strategy(abc.ABC):
         Raises ``SplitError`` with a clear sentence when this strategy cannot do it.
         """
 
+    @property
+    def can_split_one_shard(self) -> bool:
+        """False for a strategy that can only grow by changing every shard (modulo)."""
+        return self.split_refusal is None
+
+    def default_split_point(self, layout: Layout, source: str, stored: StoredKeys) -> Any:
+        """The ``at`` a split of ``source`` uses when the user gives none.
+
+        None (the default) for a strategy whose split picks its own point. A strategy with
+        ``splits_at_key`` returns a key (range: ``stored.median()``) or raises ``SplitError``
+        saying why there is none. Reads the database only through ``stored``.
+        """
+        return None
+
+    def encode_split_point(self, at: Any) -> Any:
+        """A JSON form of a split point (kept in the split job), read back by
+        :meth:`decode_split_point`. The default keeps ``at`` as it is (None stays None)."""
+        return at
+
+    def decode_split_point(self, data: Any) -> Any:
+        """The split point stored by :meth:`encode_split_point`."""
+        return data
+
     def share(self, layout: Layout) -> dict[str, float | None]:
         """Fraction of the point space each shard owns (None where it has no meaning)."""
         return {name: None for name in layout.shard_names()}
@@ -115,6 +155,31 @@ class Strategy(abc.ABC):
     def check(cls, group: GroupSettings) -> list[CheckMessage]:
         """System-check messages for this group's configuration (ids django_shards.E02x)."""
         return []
+
+
+# --- drawers: how the status page draws a layout -----------------------------------------
+
+_DRAWERS: dict[type[Layout], str] = {}
+
+
+def register_drawer(layout_class: type[Layout], drawer: str) -> None:
+    """Name, by dotted path, the function that draws ``layout_class`` on the status page.
+
+    The function is ``drawer(layout, strategy, canvas) -> django_shards.svg.Drawing`` (see
+    :mod:`django_shards.svg`); it is imported the first time such a layout is drawn, so
+    routing never loads drawing code. Subclasses of ``layout_class`` share its drawer
+    unless they register their own. A layout without one is drawn as slices proportional
+    to :meth:`Strategy.share`.
+    """
+    _DRAWERS[layout_class] = drawer
+
+
+def drawer_path(layout: Layout) -> str | None:
+    """The dotted path registered for ``layout``'s class (or its nearest base), if any."""
+    for cls in type(layout).__mro__:
+        if cls in _DRAWERS:
+            return _DRAWERS[cls]
+    return None
 
 
 def load_strategy(path: str, options: Mapping[str, Any] | None = None) -> Strategy:

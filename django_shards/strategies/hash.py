@@ -22,7 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_shards.conf import GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
-from django_shards.strategies.base import Layout, Strategy, canonical_text
+from django_shards.strategies.base import Layout, Strategy, canonical_text, register_drawer
 
 try:  # CPython's own MD5 is about twice as fast as OpenSSL's on short keys; same digest.
     from _md5 import md5
@@ -127,12 +127,14 @@ class HashStrategy(Strategy):
     name = "hash"
     ordered = False
 
-    def point(self, key: Any) -> int:
-        return hash_point(key)
+    # the module function itself: no extra frame per call
+    point = staticmethod(hash_point)
 
     def shard_for_key(self, layout: Layout, key: Any) -> str:
-        # Inlined locate: every point of hash_point lies in [0, 2**64), which the layout tiles.
-        return layout._owners[bisect_right(layout._starts, hash_point(key)) - 1]  # type: ignore[attr-defined]
+        # hash_point and locate inlined: every point lies in [0, 2**64), which the layout tiles
+        text = b"%d" % key if key.__class__ is int else canonical_text(key)
+        point = _first_8_bytes(md5(text).digest())[0]
+        return layout._owners[bisect_right(layout._starts, point) - 1]  # type: ignore[attr-defined]
 
     def initial_layout(self, shards: Sequence[ShardSettings]) -> HashLayout:
         if not shards:
@@ -269,3 +271,6 @@ class HashStrategy(Strategy):
                 )
             )
         return errors
+
+
+register_drawer(HashLayout, "django_shards.strategies.hash_svg.draw_hash")

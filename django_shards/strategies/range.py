@@ -12,7 +12,7 @@ import datetime
 import decimal
 import uuid
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -21,7 +21,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_shards.conf import GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
-from django_shards.strategies.base import Layout, Strategy, canonical_key
+from django_shards.strategies.base import (
+    Layout,
+    StoredKeys,
+    Strategy,
+    canonical_key,
+    register_drawer,
+)
 
 __all__ = ["RangeLayout", "RangeStrategy", "decode_bound", "encode_bound"]
 
@@ -66,7 +72,7 @@ def encode_bound(value: Any) -> Any:
     )
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[str], Any]] = {
     "int": int,
     "str": str,
     "float": float,
@@ -240,6 +246,7 @@ class RangeStrategy(Strategy):
 
     name = "range"
     ordered = True
+    splits_at_key = True
 
     def point(self, key: Any) -> Any:
         if key.__class__ in _PLAIN_KEY_TYPES:
@@ -352,6 +359,23 @@ class RangeStrategy(Strategy):
             f"split key {at!r} is not strictly inside the range {ranges} of shard {source!r}."
         )
 
+    def default_split_point(self, layout: Layout, source: str, stored: StoredKeys) -> Any:
+        """The median key actually stored on ``source``; ``SplitError`` when it has none."""
+        at = stored.median()
+        if at is None:
+            raise SplitError(
+                f"Shard {source!r} holds no rows, so there is no median key to split at; "
+                "pass --at KEY."
+            )
+        return at
+
+    def encode_split_point(self, at: Any) -> Any:
+        """The split key as a tagged JSON bound (:func:`encode_bound`)."""
+        return encode_bound(at)
+
+    def decode_split_point(self, data: Any) -> Any:
+        return decode_bound(data)
+
     def describe(self, layout: Layout) -> dict[str, str]:
         assert isinstance(layout, RangeLayout)
         out: dict[str, list[str]] = {}
@@ -428,3 +452,6 @@ class RangeStrategy(Strategy):
             if reach is not None and (hi is None or hi > reach):
                 reach_lo, reach, reach_name = lo, hi, name
         return errors
+
+
+register_drawer(RangeLayout, "django_shards.strategies.range_svg.draw_range")
