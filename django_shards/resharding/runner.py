@@ -39,7 +39,6 @@ from django_shards.health import probe
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
 from django_shards.shardmap import ShardMap, get_map, registry, version_fields, write_version
-from django_shards.strategies.range import decode_bound, encode_bound
 
 Phase = SplitJob.Phase
 Report = Callable[[str], None]
@@ -68,7 +67,7 @@ def create_job(plan: SplitPlan) -> SplitJob:
         target=plan.target.name,
         target_primary=plan.target.primary,
         target_replicas=list(plan.target.replicas),
-        at=encode_bound(plan.at) if plan.at is not None else None,
+        at=plan.base.strategy.encode_split_point(plan.at),
         base_version=plan.base.version,
         new_shards=[s.as_dict() for s in plan.new_shards],
         new_layout=plan.new_layout.to_json(),
@@ -430,4 +429,4 @@ def abort(job: SplitJob, report: Report = print) -> SplitJob:
 
 
 def at_of(job: SplitJob) -> Any:
-    return decode_bound(job.at) if job.at is not None else None
+    return get_map(job.group).strategy.decode_split_point(job.at)
