@@ -1,14 +1,63 @@
-"""Helpers shared by the split tests (``test_split.py``, ``test_split_crash.py``)."""
+"""Helpers shared by the split tests (``test_split.py``, ``test_split_crash.py``) and the
+split's test entry point (``tests/held_split.py``).
+
+Nothing here touches the database when imported, so the entry point can import it before
+Django is set up.
+"""
 
 from __future__ import annotations
 
-from django.db import connections
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
 
-from tests.conftest import MARIADB
+from django.conf import settings
+from django.db import connections
 
 #: the spare primaries a split may target, each with its replica ``<name>_r1``
 TARGETS = ("s4", "s5")
 CATCH_UP_SECONDS = 30.0
+#: every split waits two map leases; the tests read maps after ``registry.reset()``, so a
+#: short lease changes nothing they observe and saves seconds per split
+MAP_LEASE_SECONDS = 0.2
+#: how often a held split looks whether it is released
+HOLD_POLL_SECONDS = 0.01
+
+
+class FileHold:
+    """A split runner's ``hold`` hook (``SplitRunner(hold=...)``) that holds the split at
+    each of ``points``, once per point.
+
+    On reaching such a point the split writes the point's name to ``path`` (whole, by a
+    rename) and waits until the file is deleted: the test sees where the split is, does
+    its work (writes, a ``SIGKILL``), then releases it with :meth:`release`. Points the
+    runner reaches are named in ``django_shards.resharding.runner``'s docstring.
+    """
+
+    def __init__(self, points: Iterable[str], path: Path | str) -> None:
+        self.points = set(points)
+        self.path = Path(path)
+
+    def __call__(self, point: str) -> None:
+        if point not in self.points:
+            return
+        self.points.discard(point)
+        announcing = self.path.with_name(f"{self.path.name}.tmp")
+        announcing.write_text(point)
+        os.replace(announcing, self.path)
+        while self.path.exists():  # released by the test, or killed here
+            time.sleep(HOLD_POLL_SECONDS)
+
+    def held_at(self) -> str | None:
+        """The point the split is held at now, or None."""
+        try:
+            return self.path.read_text()
+        except FileNotFoundError:
+            return None
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def wait_for_target_replicas() -> None:
@@ -19,7 +68,7 @@ def wait_for_target_replicas() -> None:
     tests' own writes just before a split (seeds, the previous test's flush) must not decide
     that check. SQLite replicas read the primary's file: nothing to wait for.
     """
-    if not MARIADB:
+    if settings.SHARDS_DB != "mariadb":
         return
     for target in TARGETS:
         with connections[target].cursor() as cursor:

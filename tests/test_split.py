@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -28,11 +29,13 @@ from django.db import connections
 
 import django_shards
 from django_shards.exceptions import ShardMoving, SplitError
+from django_shards.management.commands.shard_split import Command as SplitCommand
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding import SplitRunner, create_job, plan_split
+from django_shards.resharding.runner import LEASE_MARGIN_SECONDS
 from django_shards.shardmap import get_map, registry
 from tests.conftest import MARIADB
-from tests.split_support import TARGETS, wait_for_target_replicas
+from tests.split_support import MAP_LEASE_SECONDS, TARGETS, FileHold, wait_for_target_replicas
 from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Reading
 
 db = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -139,9 +142,6 @@ def _all_models():
 
 
 DEADLINE_SECONDS = 60.0
-# every split waits two map leases; the tests read maps after registry.reset(), so a short
-# lease changes nothing they observe and saves seconds per split
-MAP_LEASE_SECONDS = 0.2
 
 
 @pytest.fixture(autouse=True)
@@ -163,46 +163,35 @@ def wait_until(condition, what: str, alive: threading.Thread | None = None) -> N
 
 class SplitThread(threading.Thread):
     """``shard_split ARGS`` on a thread of its own (own connections), as another process
-    would run it; ``output`` or ``error`` once it ends."""
+    would run it, held by ``hold`` if given; ``output`` or ``error`` once it ends."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, hold: FileHold | None = None) -> None:
         super().__init__(name="shard_split", daemon=True)
-        self.args, self.output, self.error = args, "", None
+        self.args, self.hold, self.output, self.error = args, hold, "", None
 
     def run(self) -> None:
         try:
-            self.output = split(*self.args)
+            self.output = split(*self.args, hold=self.hold)
         except BaseException as exc:  # noqa: BLE001 - judged by the test
             self.error = exc
         finally:
             connections.close_all()
 
 
-class Held:
-    """A split held by the runner's test hook (``SplitRunner._hold``): ``path`` appears,
-    naming the point, when the split is held there; removing it releases the split."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class Held(FileHold):
+    """The runner's ``hold`` hook for a split on a thread: it holds once at each point;
+    the test waits until the split is held at a point, then releases it."""
 
     def wait(self, point: str, runner: threading.Thread) -> None:
-        def held_there() -> bool:
-            return self.path.exists() and self.path.read_text() == point
-
-        wait_until(held_there, f"split held at {point!r}", alive=runner)
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        wait_until(lambda: self.held_at() == point, f"split held at {point!r}", alive=runner)
 
 
 @pytest.fixture
-def hold_split(monkeypatch, tmp_path):
-    """``hold_split(*points)``: the splits started next hold once at each point."""
+def hold_split(tmp_path):
+    """``hold_split(*points)``: a hook that holds a split once at each point."""
 
     def hold(*points: str) -> Held:
-        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_AT", ",".join(points))
-        monkeypatch.setenv("DJANGO_SHARDS_SPLIT_PAUSE_FILE", str(tmp_path / "held"))
-        return Held(tmp_path / "held")
+        return Held(points, tmp_path / "held")
 
     return hold
 
@@ -210,10 +199,13 @@ def hold_split(monkeypatch, tmp_path):
 # -- running the command ----------------------------------------------------------------------
 
 
-def split(*args: str) -> str:
+def split(*args: str, hold: FileHold | None = None) -> str:
+    """``shard_split ARGS --no-input``'s output; its runner held by ``hold``, if given."""
     wait_for_target_replicas()
+    command = SplitCommand()
+    command.hold = hold
     out, err = io.StringIO(), io.StringIO()
-    call_command("shard_split", *args, "--no-input", stdout=out, stderr=err)
+    call_command(command, *args, "--no-input", stdout=out, stderr=err)
     return out.getvalue()
 
 
@@ -225,7 +217,7 @@ def split_fails(*args: str) -> str:
 
 
 def quiet_runner(job: SplitJob, batch_size: int = 50) -> SplitRunner:
-    return SplitRunner(job, batch_size=batch_size, report=lambda line: None)
+    return SplitRunner(job, batch_size=batch_size)
 
 
 def fresh_process_shards(model, keys: list) -> dict[str, str]:
@@ -368,6 +360,55 @@ def test_consistent_hash_split_moves_authors_with_their_posts_and_follows():
     # a new process routes by the new map (read from the catalog)
     sample = sorted(movers)[:10] + [a.pk for a in authors if a.pk not in movers][:5]
     assert fresh_process_shards(Author, sample) == {str(k): new_ring.owner(k) for k in sample}
+
+
+#: the lines a split prints when stdout is not a terminal (docs/splitting.md shows them)
+SPLIT_LINES = [
+    r"creating the group's tables on s4",
+    r"phase: prepared",
+    r"waiting \d+\.\ds \(one map lease\) so every process sees the freeze",
+    r"phase: frozen",
+    r"copy testapp\.Author: \d+ rows \(up to pk \d+\)",  # the first batch, then one each 5 s
+    r"phase: copied",
+    r"verify testapp\.Author: \d+ rows in \d+ batches",
+    r"verify testapp\.Follow: \d+ rows in \d+ batches",
+    r"verify testapp\.Post: \d+ rows in \d+ batches",
+    r"phase: verified",
+    r"phase: cut_over \(map version \d+; moving keys were frozen \d+\.\d\ds\)",
+    r"waiting \d+\.\ds \(one map lease\) so no process still reads the moved keys on the source",
+    r"phase: cleaned",
+    r"phase: done",
+    r"split s1 -> s4 of group 'users' done: \d+ rows moved, moving keys frozen \d+\.\d\ds\.",
+]
+
+
+@db
+def test_a_split_prints_each_phase_wait_and_table_as_the_runbook_shows():
+    make_users({"s0": 2, "s1": 12, "s2": 2, "s3": 2})
+    version = get_map("users").version
+
+    output = split("users", "s1", "--to", "s4", "--primary", "s4", "--replica", "s4_r1")
+
+    lines = output.split("new map:", 1)[1].splitlines()
+    progress = lines[lines.index("creating the group's tables on s4") :]
+    # a slow machine may print a later batch too (5 s after the first): set those aside
+    first_copy = next(i for i, line in enumerate(progress) if line.startswith("copy "))
+    later_copies = [line for line in progress[first_copy + 1 :] if line.startswith("copy ")]
+    progress = [line for line in progress if line not in later_copies]
+    # tables that migrate skipped on the target (its migrations were recorded before it
+    # joined the group) are created from the models, and named
+    created = [line for line in progress if line.startswith("created ")]
+    assert all(re.fullmatch(r"created testapp_\w+(, testapp_\w+)*", line) for line in created)
+    assert created in ([], [progress[1]]), output
+    progress = [line for line in progress if line not in created]
+    assert len(progress) == len(SPLIT_LINES), output
+    for line, pattern in zip(progress, SPLIT_LINES, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    for line in later_copies:
+        assert re.fullmatch(r"copy testapp\.\w+: \d+ rows \(up to pk \d+\)", line), line
+    assert f"map version {version + 2};" in output
+    lease = f"waiting {MAP_LEASE_SECONDS + LEASE_MARGIN_SECONDS:.1f}s (one map lease)"
+    assert output.count(lease) == 2, output
 
 
 @db
@@ -622,7 +663,7 @@ def test_writes_during_the_split_are_kept_or_refused_with_shard_moving(hold_spli
 
     held = hold_split("prepared", "frozen")
     runner = SplitThread("users", "s1", "--to", "s4", "--primary", "s4", "--replica", "s4_r1",
-                         "--batch-size", "10")  # fmt: skip
+                         "--batch-size", "10", hold=held)  # fmt: skip
     runner.start()
     try:
         # the split has checked its target's replica (before any writer runs) and is held
@@ -776,6 +817,41 @@ def test_resume_or_abort_with_no_split_in_progress_is_an_error():
     assert "cannot be used together" in split_fails("users", "s1", "--resume", "--abort")
     assert not SplitJob.objects.exists()
     assert map_versions() == versions
+
+
+@db
+def test_two_splits_of_a_group_recorded_at_once_leave_one_job_and_refuse_the_other():
+    make_users({"s0": 2, "s1": 6, "s2": 2, "s3": 2})
+    wait_for_target_replicas()
+    plans = [
+        plan_split("users", "s1", "s4", "s4", ["s4_r1"]),
+        plan_split("users", "s2", "s5", "s5", ["s5_r1"]),
+    ]
+    start = threading.Barrier(len(plans))
+    outcomes: list[object] = [None] * len(plans)
+
+    def record(i: int) -> None:
+        try:
+            start.wait(timeout=DEADLINE_SECONDS)
+            outcomes[i] = create_job(plans[i])
+        except BaseException as exc:  # noqa: BLE001 - judged below
+            outcomes[i] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(len(plans))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=DEADLINE_SECONDS)
+    assert not any(t.is_alive() for t in threads)
+
+    created = [o for o in outcomes if isinstance(o, SplitJob)]
+    refused = [o for o in outcomes if isinstance(o, SplitError)]
+    assert len(created) == 1 and len(refused) == 1, outcomes
+    job = created[0]
+    assert f"in progress ({job.source} -> {job.target}" in str(refused[0])
+    assert list(SplitJob.objects.values_list("pk", flat=True)) == [job.pk]
 
 
 @db

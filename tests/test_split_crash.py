@@ -2,11 +2,11 @@
 each phase, then ``--resume``, ends with the group's data unchanged (identical checksums),
 every row on exactly the shard the new map assigns, map version base+2 and no freeze left.
 
-The split runs in a subprocess (``python -m django shard_split ...``) on the test run's own
-databases (``SHARDS_USE_TEST_DATABASES=1``). The runner's test hook
-(``DJANGO_SHARDS_SPLIT_PAUSE_AT``, see ``SplitRunner._hold``) holds it at the kill point and
-announces it in a file; the test waits for that file and sends ``SIGKILL`` there, so where
-the kill lands never depends on timing. The resume runs in the test process.
+The split runs in a subprocess (``python -m tests.held_split shard_split ...``, the test
+entry point that hands the runner its ``hold`` hook) on the test run's own databases
+(``SHARDS_USE_TEST_DATABASES=1``). The hook holds the split at the kill point and announces
+it in a file; the test waits for that file and sends ``SIGKILL`` there, so where the kill
+lands never depends on timing. The resume runs in the test process.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.shardmap import get_map, registry
 from tests.conftest import MARIADB
 from tests.factories import AuthorFactory, PostFactory
-from tests.split_support import wait_for_target_replicas
+from tests.split_support import MAP_LEASE_SECONDS, FileHold, wait_for_target_replicas
 from tests.testapp.models import Author, Follow, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -45,8 +45,6 @@ AUTHORS, POSTS_EACH = 60, 3
 FIRST_AUTHOR_ID = 1000
 BATCH = "5"
 POLL_SECONDS = 0.02
-# a short map lease in both processes: the split waits two leases, nothing here needs long ones
-MAP_LEASE_SECONDS = 0.2
 DEADLINE_SECONDS = 60.0
 
 SPLIT_ARGV = [
@@ -54,20 +52,6 @@ SPLIT_ARGV = [
     "--no-input", "--batch-size", BATCH,
 ]  # fmt: skip
 RESUME_ARGV = ["shard_split", GROUP, SOURCE, "--resume", "--batch-size", BATCH]
-
-# ``python -m django ARGV``, except that the replicas keep their TEST["MIRROR"] (
-# tests/settings.py clears TEST under SHARDS_USE_TEST_DATABASES, and then check E007 and
-# plan_split's replica check refuse every split), and the map lease is the test's
-BOOTSTRAP = f"""
-import sys
-from tests import settings
-for alias, cfg in settings.DATABASES.items():
-    if alias.endswith("_r1"):
-        cfg["TEST"] = {{**cfg.get("TEST", {{}}), "MIRROR": alias[: -len("_r1")]}}
-settings.DJANGO_SHARDS["MAP_LEASE_SECONDS"] = {MAP_LEASE_SECONDS!r}
-from django.core.management import execute_from_command_line
-execute_from_command_line(["django", *sys.argv[1:]])
-"""
 # every subprocess started, so that teardown can kill what a failed test left running
 STARTED: list[Split] = []
 
@@ -89,6 +73,7 @@ def empty_target() -> None:
 
 @pytest.fixture(autouse=True)
 def _target_starts_and_ends_empty(transactional_db, settings):
+    # the same short map lease as the split's process (tests/held_split.py)
     settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "MAP_LEASE_SECONDS": MAP_LEASE_SECONDS}
     empty_target()
     yield
@@ -152,20 +137,21 @@ def rows_by_shard(model) -> dict[str, set]:
 
 
 class Split:
-    """``shard_split`` in a subprocess of its own process group, output to files, held by
-    the runner's test hook at ``hold_at`` (a point named in ``SplitRunner._hold``)."""
+    """``shard_split`` in a subprocess of its own process group, output to files, held at
+    ``hold_at`` (a point named in ``django_shards.resharding.runner``) by the ``FileHold``
+    that ``tests/held_split.py`` hands its runner."""
 
     def __init__(self, argv: list[str], hold_at: str) -> None:
         self.hold_at = hold_at
         self.dir = tempfile.TemporaryDirectory(prefix="split-crash-")
-        self.held = Path(self.dir.name) / "held"
+        self.held = FileHold([hold_at], Path(self.dir.name) / "held")
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "SHARDS_USE_TEST_DATABASES": "1",
-            "DJANGO_SHARDS_SPLIT_PAUSE_AT": hold_at,
-            "DJANGO_SHARDS_SPLIT_PAUSE_FILE": str(self.held),
+            "SPLIT_HOLD_AT": hold_at,
+            "SPLIT_HOLD_FILE": str(self.held.path),
             "PYTHONUNBUFFERED": "1",
         }
         if not MARIADB:
@@ -175,7 +161,7 @@ class Split:
         wait_for_target_replicas()
         connections.close_all()  # no connection of ours holds a lock or a snapshot
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, *argv],
+            [sys.executable, "-m", "tests.held_split", *argv],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -207,7 +193,7 @@ class Split:
         """Wait (with a deadline) until the split says it is held at its point, SIGKILL it
         there. Returns the job as the catalog holds it after the kill."""
         deadline = time.monotonic() + DEADLINE_SECONDS
-        while not self.held.exists():
+        while self.held.held_at() is None:
             if self.proc.poll() is not None:
                 self.fail(
                     f"shard_split exited ({self.proc.returncode}) before it reached "
@@ -216,7 +202,7 @@ class Split:
             if time.monotonic() > deadline:
                 self.fail(f"shard_split did not reach {self.hold_at!r} in {DEADLINE_SECONDS}s")
             time.sleep(POLL_SECONDS)
-        assert self.held.read_text() == self.hold_at
+        assert self.held.held_at() == self.hold_at
         self.kill()
         assert self.proc.returncode == -signal.SIGKILL, self.output()
         return SplitJob.objects.using("default").get(group=GROUP)

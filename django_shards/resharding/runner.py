@@ -18,18 +18,27 @@ at any point (even ``kill -9``) continues with ``--resume``:
   keys), the moved rows are deleted from the source in batches.
 
 This backend has no change stream, so the moving keys stay frozen for the whole copy.
+
+The runner tells what it does through its ``report`` callable, with the events of
+:mod:`django_shards.resharding.progress`. Its ``hold`` callable, when given, is called with
+the name of each point it reaches (tests hold a split there, or kill it there):
+
+- each phase name, as the phase is recorded (``prepared``, ``frozen``, ``copied``,
+  ``verified``, ``cut_over``, ``cleaned``, ``done``);
+- ``target pending``: in prepare, after the map version that knows the target;
+- ``freeze recorded``: in freeze, before its lease is waited;
+- ``copy <model label>`` and ``cleanup <model label>``: after a batch that wrote rows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from django.core.management import call_command
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
+from django.db.models import QuerySet
 from django.db.models.constants import OnConflict
 from django.utils import timezone
 
@@ -38,10 +47,24 @@ from django_shards.exceptions import SplitError
 from django_shards.health import probe
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
+from django_shards.resharding.progress import (
+    Aborted,
+    BatchCleaned,
+    BatchCopied,
+    CreatingTables,
+    CutOver,
+    Hold,
+    LeaseWait,
+    PhaseRecorded,
+    Report,
+    TablesCreated,
+    TableVerified,
+    TargetNotEmptied,
+    ignore,
+)
 from django_shards.shardmap import ShardMap, get_map, registry, version_fields, write_version
 
 Phase = SplitJob.Phase
-Report = Callable[[str], None]
 #: seconds added to each lease wait, for clocks and in-flight statements
 LEASE_MARGIN_SECONDS = 0.2
 
@@ -50,38 +73,70 @@ def _catalog() -> str:
     return get_config().catalog
 
 
+def in_progress(job: SplitJob) -> SplitError:
+    """The refusal of a split while ``job`` (of the same group) is active."""
+    return SplitError(
+        f"A split of group {job.group!r} is in progress ({job.source} -> {job.target}, "
+        f"phase {job.phase}); finish it with --resume or undo it with --abort."
+    )
+
+
 def create_job(plan: SplitPlan) -> SplitJob:
-    """Record a planned split. Refuses while another split of the group is active."""
-    active = SplitJob.objects.using(_catalog()).filter(
-        group=plan.group, phase__in=SplitJob.ACTIVE_PHASES
-    )
-    if active.exists():
-        job = active.first()
-        raise SplitError(
-            f"A split of group {plan.group!r} is in progress ({job.source} -> {job.target}, "
-            f"phase {job.phase}); finish it with --resume or undo it with --abort."
-        )
-    return SplitJob.objects.using(_catalog()).create(
-        group=plan.group,
-        source=plan.source,
-        target=plan.target.name,
-        target_primary=plan.target.primary,
-        target_replicas=list(plan.target.replicas),
-        at=plan.base.strategy.encode_split_point(plan.at),
-        base_version=plan.base.version,
-        new_shards=[s.as_dict() for s in plan.new_shards],
-        new_layout=plan.new_layout.to_json(),
-    )
+    """Record a planned split. Refuses (``SplitError``) while another split of the group
+    is active.
+
+    Two splits recorded at once never both stay: each is inserted, then the group's other
+    active splits are read with a lock, in one catalog transaction; one that finds another
+    rolls back. On SQLite the second transaction waits for the first to end; on
+    MySQL/MariaDB the two locking reads deadlock and the server fails one of them, which
+    is then refused once the other is recorded.
+    """
+    catalog = _catalog()
+    try:
+        with transaction.atomic(using=catalog):
+            job = SplitJob.objects.using(catalog).create(
+                group=plan.group,
+                source=plan.source,
+                target=plan.target.name,
+                target_primary=plan.target.primary,
+                target_replicas=list(plan.target.replicas),
+                at=plan.base.strategy.encode_split_point(plan.at),
+                base_version=plan.base.version,
+                new_shards=[s.as_dict() for s in plan.new_shards],
+                new_layout=plan.new_layout.to_json(),
+            )
+            running = _active_jobs(plan.group).exclude(pk=job.pk).select_for_update().first()
+            if running is not None:
+                raise in_progress(running)  # and the insert is rolled back
+            return job
+    except DatabaseError:
+        with transaction.atomic(using=catalog):
+            running = active_job(plan.group, lock=True)  # waits for the other's commit
+        if running is None:
+            raise  # no split recorded meanwhile: the catalog itself failed
+        raise in_progress(running) from None
 
 
-def active_job(group: str, source: str | None = None) -> SplitJob | None:
-    qs = SplitJob.objects.using(_catalog()).filter(group=group, phase__in=SplitJob.ACTIVE_PHASES)
+def active_job(group: str, source: str | None = None, *, lock: bool = False) -> SplitJob | None:
+    """The group's split in progress (of shard ``source``, if given), or None.
+
+    ``lock``: inside a transaction, lock what is read (``SELECT ... FOR UPDATE`` where
+    the catalog's backend has it) until the transaction ends.
+    """
+    qs = _active_jobs(group)
     if source is not None:
         qs = qs.filter(source=source)
+    if lock:
+        qs = qs.select_for_update()
     return qs.first()
 
 
-def job_checksum(rows: list[tuple[Any, ...]]) -> str:
+def _active_jobs(group: str) -> QuerySet[SplitJob]:
+    return SplitJob.objects.using(_catalog()).filter(group=group, phase__in=SplitJob.ACTIVE_PHASES)
+
+
+def batch_checksum(rows: list[tuple[Any, ...]]) -> str:
+    """MD5 of the rows' reprs, one per line: equal rows in equal order, equal checksums."""
     digest = hashlib.md5(usedforsecurity=False)
     for row in rows:
         digest.update(repr(row).encode())
@@ -90,12 +145,25 @@ def job_checksum(rows: list[tuple[Any, ...]]) -> str:
 
 
 class SplitRunner:
-    """Drives one :class:`SplitJob` from its recorded phase to the end."""
+    """Drives one :class:`SplitJob` from its recorded phase to the end.
 
-    def __init__(self, job: SplitJob, *, batch_size: int = 1000, report: Report = print) -> None:
+    ``report`` receives the split's progress events (default: none shown); ``hold``, when
+    given, is called with the name of each point the split reaches (see the module's
+    docstring) and may block there: tests hold a split at a point with it.
+    """
+
+    def __init__(
+        self,
+        job: SplitJob,
+        *,
+        batch_size: int = 1000,
+        report: Report = ignore,
+        hold: Hold | None = None,
+    ) -> None:
         self.job = job
         self.batch_size = batch_size
         self.report = report
+        self.hold = hold
         self.group = job.group
         shard_map = get_map(job.group)
         self.strategy = shard_map.strategy
@@ -104,7 +172,6 @@ class SplitRunner:
         self.tables = group_tables(job.group)
         # the source's primary: from the map the job started from (it never changes)
         self.source_alias = next(s["primary"] for s in job.new_shards if s["name"] == job.source)
-        self._hold_at = set(os.environ.get("DJANGO_SHARDS_SPLIT_PAUSE_AT", "").split(","))  # _hold
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -131,33 +198,20 @@ class SplitRunner:
 
     def _advance(self, phase: str) -> None:
         self._save(phase=phase)
-        self.report(f"phase: {phase}")
+        self.report(PhaseRecorded(phase))
 
-    def _hold(self, point: str) -> None:
-        """Test hook, inert unless ``DJANGO_SHARDS_SPLIT_PAUSE_AT`` (comma-separated) names
-        ``point``: then the runner, on reaching it, writes the point's name to the file that
-        ``DJANGO_SHARDS_SPLIT_PAUSE_FILE`` names and holds there until that file is deleted
-        (or the process killed), once per point. Points: each phase name as the phase is
-        recorded, ``target pending`` (in prepare), ``freeze recorded`` (in freeze, before the
-        lease), ``copy <label>`` and ``cleanup <label>`` after a batch that wrote rows."""
-        if point not in self._hold_at:
-            return
-        self._hold_at.discard(point)
-        path = os.environ["DJANGO_SHARDS_SPLIT_PAUSE_FILE"]
-        with open(f"{path}.tmp", "w") as announce:
-            announce.write(point)
-        os.replace(f"{path}.tmp", path)
-        while os.path.exists(path):
-            time.sleep(0.01)
+    def _reached(self, point: str) -> None:
+        """The split is at ``point``: tell the ``hold`` hook, if there is one."""
+        if self.hold is not None:
+            self.hold(point)
 
     def moves(self, raw_key: Any, spec: TableSpec) -> bool:
         key = spec.key.normalize(raw_key)
         return self.strategy.shard_for_key(self.new_layout, key) == self.target.name
 
-    @staticmethod
-    def wait_lease(reason: str, report: Report) -> None:
+    def _wait_lease(self, before: Literal["copy", "cleanup"]) -> None:
         seconds = get_config().map_lease_seconds + LEASE_MARGIN_SECONDS
-        report(f"waiting {seconds:.1f}s (one map lease) {reason}")
+        self.report(LeaseWait(seconds, before))
         time.sleep(seconds)
 
     # -- phases ----------------------------------------------------------------------------
@@ -174,7 +228,7 @@ class SplitRunner:
         }
         while self.job.phase in steps:
             steps[self.job.phase]()
-            self._hold(self.job.phase)
+            self._reached(self.job.phase)
         return self.job
 
     def prepare(self) -> None:
@@ -186,8 +240,8 @@ class SplitRunner:
                 current.layout,
                 note=f"split {self.job.source} -> {self.target.name}: target pending",
             )
-        self._hold("target pending")
-        self.report(f"creating the group's tables on {self.target.primary}")
+        self._reached("target pending")
+        self.report(CreatingTables(self.target.primary))
         call_command("migrate", database=self.target.primary, interactive=False, verbosity=0)
         self._create_missing_tables()
         for replica in self.target.replicas:
@@ -209,10 +263,11 @@ class SplitRunner:
             with conn.schema_editor() as editor:
                 for spec in missing:
                     editor.create_model(spec.model)
-            self.report(f"created {', '.join(s.table for s in missing)}")
+            self.report(TablesCreated(self.target.primary, tuple(s.table for s in missing)))
 
     def _discard_target_rows(self) -> None:
-        """Best effort: remove the rows of the group from the (pending, unused) target."""
+        """Best effort: remove the rows of the group from the (pending, unused) target.
+        A failure is reported, not raised: the abort already succeeded."""
         conn = connections[self.target.primary]
         try:
             with conn.cursor() as cursor:
@@ -220,8 +275,8 @@ class SplitRunner:
                 for spec in reversed(self.tables):
                     if spec.table in existing:
                         cursor.execute(f"DELETE FROM {conn.ops.quote_name(spec.table)}")
-        except Exception as exc:  # noqa: BLE001 - the abort already succeeded
-            self.report(f"(rows copied before the abort were not removed: {exc})")
+        except DatabaseError as exc:
+            self.report(TargetNotEmptied(str(exc), while_running=True))
 
     def _empty_target(self) -> None:
         """Remove rows an earlier, failed copy left on the target (it serves nothing yet)."""
@@ -235,8 +290,8 @@ class SplitRunner:
         if self.job.progress.get("dirty"):  # a failed verification: copy afresh
             self._empty_target()
         self._save(frozen=True, progress={**self.job.progress, "frozen_at": time.time()})
-        self._hold("freeze recorded")
-        self.wait_lease("so every process sees the freeze", self.report)
+        self._reached("freeze recorded")
+        self._wait_lease("copy")
         self._advance(Phase.FROZEN)
 
     def copy(self) -> None:
@@ -262,9 +317,9 @@ class SplitRunner:
                 copied += len(moving)
                 after = rows[-1][pk_index]
                 self._record_copy(spec.label, after=after, rows=copied)
-                self.report(f"copy {spec.label}: {copied} rows (up to pk {after})")
+                self.report(BatchCopied(spec.label, copied, after))
                 if moving:
-                    self._hold(f"copy {spec.label}")
+                    self._reached(f"copy {spec.label}")
             elapsed = time.monotonic() - started
             self._record_copy(spec.label, after=after, rows=copied, complete=True, seconds=elapsed)
         self._advance(Phase.COPIED)
@@ -296,7 +351,7 @@ class SplitRunner:
                 previous = upto
                 batches += 1
                 rows_total += len(moving)
-                if len(moving) != len(target_rows) or job_checksum(moving) != job_checksum(
+                if len(moving) != len(target_rows) or batch_checksum(moving) != batch_checksum(
                     target_rows
                 ):
                     mismatches.append(
@@ -313,7 +368,7 @@ class SplitRunner:
             )
             if extra:
                 mismatches.append(f"{spec.label}: {extra} rows on the target that the source lacks")
-            self.report(f"verify {spec.label}: {rows_total} rows in {batches} batches")
+            self.report(TableVerified(spec.label, rows_total, batches))
         if mismatches:
             progress = {**self.job.progress, "dirty": True, "verify": mismatches}
             self._save(
@@ -352,14 +407,11 @@ class SplitRunner:
             )
             self._save(phase=Phase.CUT_OVER, frozen=False, progress=progress, error="")
         registry.reset_group(self.group)
-        self.report(
-            f"phase: cut_over (map version {current.version + 1}; moving keys were frozen "
-            f"{progress['frozen_seconds'] or 0:.2f}s)"
-        )
+        self.report(CutOver(new_map.version, progress["frozen_seconds"]))
 
     def cleanup(self) -> None:
         if not self.job.progress.get("cleanup_waited"):
-            self.wait_lease("so no process still reads the moved keys on the source", self.report)
+            self._wait_lease("cleanup")
             self._save(progress={**self.job.progress, "cleanup_waited": True})
         conn = connections[self.source_alias]
         q = conn.ops.quote_name
@@ -378,15 +430,15 @@ class SplitRunner:
                     deleted += len(pks)
                     cleanup = {**self.job.progress.get("cleanup", {}), spec.label: deleted}
                     self._save(progress={**self.job.progress, "cleanup": cleanup})
-                    self.report(f"clean-up {spec.label}: {deleted} rows deleted from the source")
-                    self._hold(f"cleanup {spec.label}")
+                    self.report(BatchCleaned(spec.label, deleted))
+                    self._reached(f"cleanup {spec.label}")
         self._advance(Phase.CLEANED)
 
     def finish(self) -> None:
         self._advance(Phase.DONE)
 
 
-def abort(job: SplitJob, report: Report = print) -> SplitJob:
+def abort(job: SplitJob, report: Report = ignore) -> SplitJob:
     """Undo a split that has not cut over: lift the freeze, empty the target, forget it.
 
     The phase changes to ``aborted`` in one conditional update, so a runner still working
@@ -415,8 +467,8 @@ def abort(job: SplitJob, report: Report = print) -> SplitJob:
             with conn.cursor() as cursor:
                 for spec in reversed(group_tables(job.group)):
                     cursor.execute(f"DELETE FROM {conn.ops.quote_name(spec.table)}")
-        except Exception as exc:  # noqa: BLE001 - tables may not exist yet
-            report(f"(target tables not emptied: {exc})")
+        except DatabaseError as exc:  # the tables may not exist yet: reported, the abort goes on
+            report(TargetNotEmptied(str(exc), while_running=False))
         write_version(
             job.group,
             [s for s in current.shards.values() if s.name != job.target],
@@ -424,9 +476,5 @@ def abort(job: SplitJob, report: Report = print) -> SplitJob:
             note=f"split {job.source} -> {job.target} aborted",
         )
     job.refresh_from_db(using=catalog)
-    report(f"split {job.source} -> {job.target} of group {job.group!r} aborted")
+    report(Aborted(job.group, job.source, job.target))
     return job
-
-
-def at_of(job: SplitJob) -> Any:
-    return get_map(job.group).strategy.decode_split_point(job.at)

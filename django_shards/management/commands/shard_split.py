@@ -1,5 +1,9 @@
 """``shard_split GROUP SHARD --to NAME --primary ALIAS [--replica ALIAS ...] [--at KEY]
-[--dry-run] [--batch-size N] [--resume] [--abort] [--no-input]``: split a shard online."""
+[--dry-run] [--batch-size N] [--resume] [--abort] [--no-input]``: split a shard online.
+
+The work is :mod:`django_shards.resharding`'s; this command checks the input, prints the
+plan, and prints the runner's progress events as lines (:func:`event_line`).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,20 @@ from django_shards.resharding import (
     plan_split,
 )
 from django_shards.resharding.plan import parse_at
+from django_shards.resharding.progress import (
+    Aborted,
+    BatchCleaned,
+    BatchCopied,
+    CreatingTables,
+    CutOver,
+    Hold,
+    LeaseWait,
+    PhaseRecorded,
+    SplitEvent,
+    TablesCreated,
+    TableVerified,
+    TargetNotEmptied,
+)
 from django_shards.shardmap import registry
 from django_shards.status import is_configured
 
@@ -37,6 +55,9 @@ class Command(ShardsCommand):
         "clean up. Resumable after a crash at any point (--resume); --abort undoes a split "
         "that has not cut over; --dry-run prints the plan and changes nothing."
     )
+    #: handed to the split's runner as its ``hold`` hook (see ``SplitRunner``): None but
+    #: in tests, which set it on a command instance to hold the split at a named point
+    hold: Hold | None = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("group", help="the shard group")
@@ -131,7 +152,7 @@ class Command(ShardsCommand):
         if job is None:
             self.fail(f"No split of shard {source!r} of group {group!r} is in progress.")
         try:
-            abort(job, report=self.stdout.write)
+            abort(job, report=lambda event: self.stdout.write(event_line(event)))
         except SplitError:
             raise  # already cut over: the base says so (exit 2)
         except Exception as exc:
@@ -172,7 +193,7 @@ class Command(ShardsCommand):
         progress = _Progress(self)
         runner = None
         try:
-            runner = SplitRunner(job, batch_size=batch_size, report=progress)
+            runner = SplitRunner(job, batch_size=batch_size, report=progress, hold=self.hold)
             job = runner.run()
         except Exception as exc:  # any failure: the job records where to resume
             phase = (runner.job if runner is not None else job).phase
@@ -221,8 +242,51 @@ def not_answering(job: Any) -> str:
     return f" ({', '.join(silent)} not answering)" if silent else ""
 
 
+#: why each lease is waited
+LEASE_REASONS = {
+    "copy": "so every process sees the freeze",
+    "cleanup": "so no process still reads the moved keys on the source",
+}
+
+
+def event_line(event: SplitEvent) -> str:
+    """The line ``shard_split`` prints for a progress event of the split."""
+    match event:
+        case PhaseRecorded(phase=phase):
+            return f"phase: {phase}"
+        case CutOver(map_version=version, frozen_seconds=frozen):
+            return (
+                f"phase: cut_over (map version {version}; moving keys were frozen "
+                f"{frozen or 0:.2f}s)"
+            )
+        case LeaseWait(seconds=seconds, before=before):
+            return f"waiting {seconds:.1f}s (one map lease) {LEASE_REASONS[before]}"
+        case CreatingTables(alias=alias):
+            return f"creating the group's tables on {alias}"
+        case TablesCreated(tables=tables):
+            return f"created {', '.join(tables)}"
+        case BatchCopied(label=label, rows=rows, after=after):
+            return f"copy {label}: {rows} rows (up to pk {after})"
+        case TableVerified(label=label, rows=rows, batches=batches):
+            return f"verify {label}: {rows} rows in {batches} batches"
+        case BatchCleaned(label=label, deleted=deleted):
+            return f"clean-up {label}: {deleted} rows deleted from the source"
+        case TargetNotEmptied(error=error, while_running=True):
+            return f"(rows copied before the abort were not removed: {error})"
+        case TargetNotEmptied(error=error):
+            return f"(target tables not emptied: {error})"
+        case Aborted(group=group, source=source, target=target):
+            return f"split {source} -> {target} of group {group!r} aborted"
+    raise TypeError(f"not a split progress event: {event!r}")
+
+
+#: events drawn as a progress bar on a terminal (one line per batch or table)
+BATCH_EVENTS = (BatchCopied, BatchCleaned, TableVerified)
+
+
 class _Progress:
-    """Phase lines always; batch lines as a one-line bar on a terminal, else every 5 s."""
+    """Phase lines always; batch lines as a one-line bar on a terminal, else every 5 s
+    (verification lines, one per table, always)."""
 
     def __init__(self, command: Command) -> None:
         self.out = command.stdout
@@ -234,9 +298,9 @@ class _Progress:
         if self.tty:
             self.out.write("")
 
-    def __call__(self, line: str) -> None:
-        batch = line.startswith(("copy ", "clean-up ", "verify "))
-        if not batch:
+    def __call__(self, event: SplitEvent) -> None:
+        line = event_line(event)
+        if not isinstance(event, BATCH_EVENTS):
             if self.tty:
                 self.out.write("")
             self.out.write(line)
@@ -244,6 +308,6 @@ class _Progress:
         if self.tty:
             self.out.write(f"\r{line[:100]:<100}", ending="")
             self.out.flush()
-        elif time.monotonic() - self.last >= 5 or line.startswith("verify "):
+        elif time.monotonic() - self.last >= 5 or isinstance(event, TableVerified):
             self.out.write(line)
             self.last = time.monotonic()
