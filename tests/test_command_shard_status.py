@@ -27,6 +27,9 @@ from tests.testapp.models import Author, Event, Post, Reading
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
+#: the sentence ``--check`` stops with, after the report, when something is unhealthy
+UNHEALTHY = "Something is unhealthy: the report lists the problems."
+
 
 def shard_status(*argv: str) -> str:
     out = io.StringIO()
@@ -43,8 +46,9 @@ def exit_code(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     try:
         call_command("shard_status", *argv, stdout=out)
-    except SystemExit as exc:
-        return exc.code, out.getvalue()
+    except CommandError as exc:
+        assert str(exc) == UNHEALTHY, exc
+        return exc.returncode, out.getvalue()
     return 0, out.getvalue()
 
 

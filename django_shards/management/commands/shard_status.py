@@ -8,13 +8,13 @@ never a host, user or password.
 
 Exit codes: 0, also when something is unhealthy, unless ``--check`` is given: then 1 when
 an alias is unreachable, a primary is read-only, a replica is stopped or lags past
-``MAX_REPLICA_LAG_SECONDS``, or a split failed. A hot shard is a warning, not unhealthy.
-2 for bad input (an unknown group).
+``MAX_REPLICA_LAG_SECONDS``, or a split failed (the report is printed first, then one
+``CommandError`` sentence). A hot shard is a warning, not unhealthy. 2 for bad input (an
+unknown group).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -64,8 +64,10 @@ class Command(ShardsCommand):
         else:
             self.write_status(status)
         if options["check"] and not status.healthy:
-            # not a CommandError: the report above is the message, stderr stays quiet
-            sys.exit(EXIT_UNHEALTHY)
+            self.fail(
+                "Something is unhealthy: the report lists the problems.",
+                returncode=EXIT_UNHEALTHY,
+            )
 
     # -- the table -----------------------------------------------------------------------
 
