@@ -191,7 +191,7 @@ def _one_statement_only(connection: BaseDatabaseWrapper) -> Iterator[None]:
         if connection.settings_dict.get("OPTIONS", {}).get("multi_statements", True):
             try:
                 raw.set_server_option(MYSQL_OPTION_MULTI_STATEMENTS_ON)
-            except connection.Database.Error as exc:
+            except raw.Error as exc:  # the driver's (DB-API connection.Error)
                 # the connection goes on refusing multi-statements, which is only
                 # stricter; the statement's own outcome stands
                 logger.warning(

@@ -288,12 +288,14 @@ class ShardsCommand(BaseCommand):
         except FAILURES as exc:
             raise command_error(exc) from exc
 
-    def check(self, *args: Any, databases: Any = None, **kwargs: Any) -> None:
+    def check(self, *args: Any, **kwargs: Any) -> None:
         """The system checks, without connecting to databases: left to ``databases=None``,
         Django (6.1 on MySQL) connects to every alias to check column types, so one dead
         shard would stop every command before it could report it. ``manage.py check
         --database ALIAS`` still runs those checks."""
-        super().check(*args, databases=[] if databases is None else databases, **kwargs)
+        if kwargs.get("databases") is None:
+            kwargs["databases"] = []
+        super().check(*args, **kwargs)
 
     @contextlib.contextmanager
     def step(self, doing: str) -> Iterator[None]:

@@ -19,6 +19,7 @@ from typing import Any
 from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
 from django.core.management.base import CommandParser
 from django.db import DatabaseError, models
+from django.db.models import QuerySet
 
 from django_shards.conf import get_config
 from django_shards.exceptions import FanoutError, ShardingError, UnknownShard
@@ -105,17 +106,19 @@ class Command(ShardsCommand):
     def run_orm(self, model: type[models.Model], options: dict[str, Any]) -> None:
         label = model._meta.label
         sk = key_for_model(model)
+        qs: QuerySet[Any, Any]
         if sk is None:
             if options["shard"]:
                 self.fail(f"--shard needs a sharded model; {label} is not sharded.")
             qs = model._default_manager.all()
         else:
-            qs = getattr(model, sk.manager_name).all().fanout()  # the command asks to fan out
+            sharded = getattr(model, sk.manager_name).all().fanout()  # the command fans out
             if options["shard"]:
                 try:
-                    qs = qs.on_shard(options["shard"])
+                    sharded = sharded.on_shard(options["shard"])
                 except UnknownShard as exc:
                     self.fail(str(exc))
+            qs = sharded
         for option in ("filter", "exclude"):
             for item in options[option]:
                 lookup = dict([self.parse_lookup(option, item)])
