@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models.manager import BaseManager
+from django.db.models.query import ModelIterable
 
 from django_shards import keys
+from django_shards.evaluation import ShardedModelIterable, sharded_iterable
 from django_shards.query import ShardedQuerySet
 
 
@@ -21,6 +23,16 @@ class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignor
         super().__init__()
         self.group = group
         self.key = key
+
+    def get_queryset(self) -> ShardedQuerySet:
+        """A new queryset whose rows come back through a ``ShardedIterable``.
+
+        Django's ``get_queryset()``, written out: this runs on every query.
+        """
+        qs = self._queryset_class(model=self.model, using=self._db, hints=self._hints)
+        cls = qs._iterable_class
+        qs._iterable_class = ShardedModelIterable if cls is ModelIterable else sharded_iterable(cls)
+        return qs
 
     def contribute_to_class(self, cls: type[models.Model], name: str) -> None:
         super().contribute_to_class(cls, name)
