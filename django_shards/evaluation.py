@@ -260,8 +260,14 @@ def groups_are_complete(qs: ShardedQuerySet) -> bool:
     )
 
 
+def is_grouped(query: Any) -> bool:
+    return query.group_by is not None or any(
+        getattr(a, "contains_aggregate", False) for a in query.annotation_select.values()
+    )
+
+
 def is_values_grouped(qs: ShardedQuerySet) -> bool:
-    return merge.is_grouped(qs.query) and qs.query.group_by is not True
+    return is_grouped(qs.query) and qs.query.group_by is not True
 
 
 def _per_shard_rows(qs: ShardedQuerySet, spec: MergeSpec) -> tuple[Any, tuple[str, ...]]:
@@ -335,7 +341,7 @@ def exists(qs: ShardedQuerySet, shards: list[Shard]) -> bool:
 def aggregate(qs: ShardedQuerySet, shards: list[Shard], aggregates: dict[str, Any]) -> dict:
     """``aggregate(**aggregates)`` of ``qs`` over ``shards``, combined."""
     query = qs.query
-    grouped = merge.is_grouped(query) and not groups_are_complete(qs)
+    grouped = is_grouped(query) and not groups_are_complete(qs)
     if query.is_sliced or query.combinator or query.distinct or grouped:
         raise NotSupportedError(
             "aggregate() over a sliced, distinct, grouped or combined queryset cannot be "

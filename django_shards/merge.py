@@ -379,6 +379,13 @@ def avg_scale(field: Any) -> int | None:
     return None
 
 
+def _avg_recipe(default: Any, field: Any) -> Recipe:
+    """An ``Avg``'s recipe: ``default=`` makes it ``COALESCE(AVG(x), default)``, which
+    MySQL/MariaDB compute as a double, not rounded, when the default is a float."""
+    scale = None if isinstance(default, float) else avg_scale(field)
+    return Recipe(Avg, default, scale=scale)
+
+
 def _round_like_mysql(value: Any, scale: int | None) -> Any:
     if value is None or scale is None:
         return value
@@ -459,8 +466,7 @@ def plan_aggregate(aggregates: dict[str, Any], model: type[Model] | None = None)
         if function is Avg:
             plan.parts[name] = Sum(*expressions, filter=filter_of(agg))
             plan.parts[f"{name}__count"] = Count(*expressions, filter=filter_of(agg))
-            scale = avg_scale(_field_of(model, expressions[0]))
-            plan.recipes[name] = Recipe(Avg, default, scale=scale)
+            plan.recipes[name] = _avg_recipe(default, _field_of(model, expressions[0]))
         else:
             plan.parts[name] = function(*expressions, filter=filter_of(agg))
             plan.recipes[name] = Recipe(function, default)
@@ -492,12 +498,6 @@ class GroupPlan:
     groups that can span shards (empty when every group lives on one shard)."""
 
     recipes: dict[str, Recipe]
-
-
-def is_grouped(query: Any) -> bool:
-    return query.group_by is not None or any(
-        getattr(a, "contains_aggregate", False) for a in query.annotation_select.values()
-    )
 
 
 def _unwrap(annotation: Any) -> tuple[Any, Any]:
@@ -550,8 +550,7 @@ def plan_groups(shard_query: Any, complete: bool) -> GroupPlan:
             shard_query.append_annotation_mask([f"{name}__count"])
             if getattr(shard_query, "selected", None):
                 shard_query.selected[f"{name}__count"] = f"{name}__count"
-            scale = avg_scale(getattr(source, "output_field", None))
-            recipes[name] = Recipe(Avg, default, scale=scale)
+            recipes[name] = _avg_recipe(default, getattr(source, "output_field", None))
         else:
             recipes[name] = Recipe(function, default)
     return GroupPlan(recipes)

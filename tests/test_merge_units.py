@@ -216,6 +216,15 @@ def test_avg_of_decimals_stays_decimal_and_mysql_rounds_integer_averages_to_four
     assert combined({"m": Avg("score")}, thirds, backend=MYSQL) == {"m": 0.3333}
 
 
+def test_mysql_does_not_round_an_avg_whose_default_is_a_float():
+    # COALESCE(AVG(int), 0.5) is a DOUBLE on MySQL/MariaDB; with an int default a DECIMAL
+    thirds = [{"m": 1, "m__count": 3}]
+    assert combined({"m": Avg("score", default=0.5)}, thirds, backend=MYSQL) == {
+        "m": pytest.approx(1 / 3)
+    }
+    assert combined({"m": Avg("score", default=0)}, thirds, backend=MYSQL) == {"m": 0.3333}
+
+
 def test_avg_of_durations_divides_the_total_duration():
     day = datetime.timedelta(days=1)
     answers = [{"m": 2 * day, "m__count": 2}, {"m": day, "m__count": 2}]
