@@ -13,7 +13,7 @@ import re
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connections
 from django.test import override_settings
 
@@ -57,8 +57,8 @@ def shard_status_check() -> tuple[int, str]:
     out = io.StringIO()
     try:
         call_command("shard_status", "users", "--check", stdout=out)
-    except SystemExit as exc:
-        return int(exc.code or 0), out.getvalue()
+    except CommandError as exc:
+        return exc.returncode, out.getvalue()
     return 0, out.getvalue()
 
 
