@@ -60,6 +60,8 @@ class _Options(NamedTuple):
 
 
 _NO_OPTIONS = _Options()
+#: (option, value) -> _NO_OPTIONS with that one option set (strong(), fanout() ...)
+_ONE_OPTION: dict[tuple[str, Any], _Options] = {}
 
 
 class ShardedQuerySet(models.QuerySet):
@@ -385,6 +387,15 @@ class ShardedQuerySet(models.QuerySet):
     def _with(self, **options: Any) -> ShardedQuerySet:
         """A clone with routing ``options`` (fields of :class:`_Options`) changed."""
         clone = self._chain()
+        if self._options is _NO_OPTIONS and len(options) == 1:
+            # strong(), eventual(), fanout() ... on a plain queryset: the common case, and
+            # NamedTuple._replace costs a microsecond (few such options exist: one each)
+            (change,) = options.items()
+            found = _ONE_OPTION.get(change)
+            if found is None:
+                found = _ONE_OPTION[change] = _NO_OPTIONS._replace(**options)
+            clone._options = found
+            return clone
         clone._options = self._options._replace(**options)
         return clone
 
