@@ -43,7 +43,7 @@ from tests.testapp.models import Author, Event, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOPOLOGY = REPO / "scripts" / "mariadb-topology"
 #: the MariaDB server each alias lives on (scripts/mariadb-topology: s<i> -> p<i % 3>)
 SERVER = {"default": "p0", **{f"s{i}": f"p{i % 3}" for i in range(6)}}

@@ -40,7 +40,7 @@ from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Readin
 
 db = pytest.mark.django_db(transaction=True, databases="__all__")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GROUP_MODELS = {
     "users": [Author, Post, Follow],
     "events": [Event],

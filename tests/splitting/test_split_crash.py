@@ -38,7 +38,7 @@ from tests.testapp.models import Author, Follow, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GROUP, SOURCE, TARGET = "users", "s1", "s4"
 MODELS = (Author, Post, Follow)
 AUTHORS, POSTS_EACH = 60, 3

@@ -2,7 +2,7 @@
 ``SELECT`` or it is refused with the reason (no database needed for that), and what runs
 is rolled back and read-only on the database (needs one).
 
-``test_command_shard_query.py`` checks the command on top of it: a refused text runs
+``tests/commands/test_shard_query.py`` checks the command on top of it: a refused text runs
 nothing on any shard.
 """
 
