@@ -1,16 +1,16 @@
+"""Fixtures and hooks only; what tests share by import lives in ``tests/support/``."""
+
 import os
 
 import pytest
-from django.conf import settings
 from django.db import connections
 from hypothesis import settings as hypothesis_settings
 
 from django_shards import context
-from django_shards.conf import get_config
 from django_shards.replicas import pool
 from django_shards.shardmap import registry
-
-MARIADB = settings.SHARDS_DB == "mariadb"
+from tests.support.backend import MARIADB, wait_for_replicas
+from tests.support.splitting import TARGETS as SPLIT_TARGETS
 
 # CI (HYPOTHESIS_PROFILE=ci, set by .ci/run) replays the same examples on every run, so a
 # red CI always means a change broke something; elsewhere hypothesis explores new inputs.
@@ -37,10 +37,6 @@ def _fresh_routing_state():
     context.clear_pins()
     pool.reset()
     registry.reset()
-
-
-#: spare primaries the split tests use as targets
-SPLIT_TARGETS = ("s4", "s5")
 
 
 @pytest.fixture(autouse=True)
@@ -70,28 +66,3 @@ def _split_targets_start_without_tables(request):
                     editor.delete_model(model)
     if MARIADB:
         wait_for_replicas()
-
-
-def wait_for_replicas(timeout: float = 10.0) -> None:
-    """Block until every replica has applied everything its primary committed.
-
-    SQLite replicas read the primary's file, so there is nothing to wait for.
-    """
-    if not MARIADB:
-        return
-    for group in get_config().groups.values():
-        for spec in group.shards:
-            shard = spec.shard
-            with connections[shard.primary].cursor() as cur:
-                cur.execute("SELECT @@gtid_binlog_pos")
-                (pos,) = cur.fetchone()
-            for replica in shard.replicas:
-                with connections[replica].cursor() as cur:
-                    cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", [pos, timeout])
-                    (result,) = cur.fetchone()
-                assert result == 0, f"replica {replica} did not catch up with {pos}"
-
-
-@pytest.fixture
-def replicas_caught_up():
-    return wait_for_replicas

@@ -1,5 +1,8 @@
+"""factory-boy factories for the test app's models."""
+
 import factory
 
+from django_shards import shard_for
 from tests.testapp.models import Author, Event, Post, Reading
 
 
@@ -36,3 +39,15 @@ class ReadingFactory(factory.django.DjangoModelFactory):
 
     sensor_id = factory.Sequence(lambda n: n)
     value = factory.Sequence(lambda n: n / 10)
+
+
+def authors_on_distinct_shards(n: int = 2) -> list[Author]:
+    """Saved authors whose ids land on ``n`` different shards."""
+    seen, out = set(), []
+    while len(out) < n:
+        a = AuthorFactory()
+        name = shard_for(Author, a.pk).name
+        if name not in seen:
+            seen.add(name)
+            out.append(a)
+    return out

@@ -29,7 +29,7 @@ from django.utils import timezone
 import django_shards
 from django_shards import context, shard_for
 from django_shards.shardmap import get_map
-from tests.conftest import wait_for_replicas
+from tests.support.backend import wait_for_replicas
 from tests.testapp.admin import PER_PAGE
 from tests.testapp.models import Author, Follow, Post
 

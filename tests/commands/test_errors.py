@@ -38,7 +38,7 @@ from django_shards.replicas import pool
 from django_shards.resharding import create_job, plan_split
 from django_shards.shardmap import get_map, registry, write_version
 from django_shards.views import status as status_view
-from tests.conftest import MARIADB, wait_for_replicas
+from tests.support.backend import MARIADB, wait_for_replicas
 from tests.testapp.models import Author, Event, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

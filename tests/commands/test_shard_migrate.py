@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 from django.db.migrations.loader import MigrationLoader
 
-from tests.conftest import MARIADB
+from tests.support.backend import MARIADB
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

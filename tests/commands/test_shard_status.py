@@ -21,8 +21,8 @@ from django_shards.conf import get_config
 from django_shards.models import SplitJob
 from django_shards.shardmap import get_map, registry
 from django_shards.status import HOT_MIN_ROWS
-from tests.conftest import MARIADB
 from tests.factories import AuthorFactory, PostFactory, ReadingFactory
+from tests.support.backend import MARIADB
 from tests.testapp.models import Author, Event, Post, Reading
 
 pytestmark = pytest.mark.django_db(databases="__all__")

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 import django_shards
 from django_shards import context, fanout, shard_for
-from tests.conftest import MARIADB, wait_for_replicas
+from tests.support.backend import MARIADB, wait_for_replicas
 from tests.testapp.models import Author, AuthorTwin, Post, PostTwin
 
 HYPOTHESIS = dict(

@@ -31,7 +31,7 @@ from django_shards import context, shard_for
 from django_shards.conf import Shard
 from django_shards.exceptions import FanoutError, ShardingError, ShardKeyRequired
 from django_shards.replicas import pool
-from tests.conftest import MARIADB, wait_for_replicas
+from tests.support.backend import MARIADB, wait_for_replicas
 from tests.testapp.models import Author, Post, PostTwin
 
 GROUP = settings.DJANGO_SHARDS["GROUPS"]["users"]

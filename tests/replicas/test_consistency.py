@@ -15,7 +15,7 @@ from django_shards import context, shard_for
 from django_shards.conf import Shard
 from django_shards.middleware import COOKIE_NAME
 from django_shards.replicas import pool
-from tests.conftest import MARIADB, wait_for_replicas
+from tests.support.backend import MARIADB, wait_for_replicas
 from tests.testapp.models import Author, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

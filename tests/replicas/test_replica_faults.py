@@ -14,8 +14,8 @@ from django.test import override_settings
 from django_shards import context, shard_for
 from django_shards.health import monitor
 from django_shards.replicas import pool
-from tests.conftest import wait_for_replicas
-from tests.replication import (
+from tests.support.backend import wait_for_replicas
+from tests.support.replication import (
     SERVER_OF_REPLICA,
     author_on,
     fresh_health,

@@ -20,8 +20,8 @@ from django.test import override_settings
 from django_shards import context
 from django_shards.health import AliasHealth, PositionHistory, monitor, parse_position
 from django_shards.status import collect_status
-from tests.conftest import MARIADB, wait_for_replicas
-from tests.replication import (
+from tests.support.backend import MARIADB, wait_for_replicas
+from tests.support.replication import (
     SERVER_OF_REPLICA,
     author_on,
     can_show_slave_status,

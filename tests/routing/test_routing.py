@@ -9,22 +9,10 @@ from django.test.utils import CaptureQueriesContext
 
 from django_shards import shard_for
 from django_shards.exceptions import ShardKeyRequired, UnknownShard
-from tests.factories import AuthorFactory, EventFactory, PostFactory
+from tests.factories import AuthorFactory, EventFactory, PostFactory, authors_on_distinct_shards
 from tests.testapp.models import Author, Event, LegacyCode, Post, Reading, Tag
 
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-
-def authors_on_distinct_shards(n=2):
-    """Authors whose ids land on ``n`` different shards."""
-    seen, out = set(), []
-    while len(out) < n:
-        a = AuthorFactory()
-        name = shard_for(Author, a.pk).name
-        if name not in seen:
-            seen.add(name)
-            out.append(a)
-    return out
 
 
 def aliases_used(fn):

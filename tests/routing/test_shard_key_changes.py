@@ -6,8 +6,7 @@ from django.db import connections
 
 from django_shards import shard_for
 from django_shards.exceptions import ShardingError, ShardKeyChanged
-from tests.factories import AuthorFactory, PostFactory
-from tests.routing.test_routing import authors_on_distinct_shards
+from tests.factories import AuthorFactory, PostFactory, authors_on_distinct_shards
 from tests.testapp.models import Author, Event, Post
 
 pytestmark = pytest.mark.django_db(databases="__all__")

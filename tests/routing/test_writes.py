@@ -8,8 +8,7 @@ import django_shards
 from django_shards import shard_for
 from django_shards.exceptions import CrossShardRelation, ShardingError, ShardKeyRequired
 from django_shards.router import ShardRouter
-from tests.factories import AuthorFactory, PostFactory
-from tests.routing.test_routing import authors_on_distinct_shards
+from tests.factories import AuthorFactory, PostFactory, authors_on_distinct_shards
 from tests.testapp.models import Author, Event, Follow, Post, Tag
 
 pytestmark = pytest.mark.django_db(databases="__all__")

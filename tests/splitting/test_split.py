@@ -34,8 +34,8 @@ from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding import SplitRunner, create_job, plan_split
 from django_shards.resharding.runner import LEASE_MARGIN_SECONDS
 from django_shards.shardmap import get_map, registry
-from tests.conftest import MARIADB
-from tests.split_support import MAP_LEASE_SECONDS, TARGETS, FileHold, wait_for_target_replicas
+from tests.support.backend import MARIADB
+from tests.support.splitting import MAP_LEASE_SECONDS, TARGETS, FileHold, wait_for_target_replicas
 from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Reading
 
 db = pytest.mark.django_db(transaction=True, databases="__all__")

@@ -2,7 +2,7 @@
 each phase, then ``--resume``, ends with the group's data unchanged (identical checksums),
 every row on exactly the shard the new map assigns, map version base+2 and no freeze left.
 
-The split runs in a subprocess (``python -m tests.held_split shard_split ...``, the test
+The split runs in a subprocess (``python -m tests.support.held_split shard_split ...``, the test
 entry point that hands the runner its ``hold`` hook) on the test run's own databases
 (``SHARDS_USE_TEST_DATABASES=1``). The hook holds the split at the kill point and announces
 it in a file; the test waits for that file and sends ``SIGKILL`` there, so where the kill
@@ -31,9 +31,9 @@ from django_shards import shard_for
 from django_shards.exceptions import ShardMoving
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.shardmap import get_map, registry
-from tests.conftest import MARIADB
 from tests.factories import AuthorFactory, PostFactory
-from tests.split_support import MAP_LEASE_SECONDS, FileHold, wait_for_target_replicas
+from tests.support.backend import MARIADB
+from tests.support.splitting import MAP_LEASE_SECONDS, FileHold, wait_for_target_replicas
 from tests.testapp.models import Author, Follow, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -73,7 +73,7 @@ def empty_target() -> None:
 
 @pytest.fixture(autouse=True)
 def _target_starts_and_ends_empty(transactional_db, settings):
-    # the same short map lease as the split's process (tests/held_split.py)
+    # the same short map lease as the split's process (tests/support/held_split.py)
     settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "MAP_LEASE_SECONDS": MAP_LEASE_SECONDS}
     empty_target()
     yield
@@ -139,7 +139,7 @@ def rows_by_shard(model) -> dict[str, set]:
 class Split:
     """``shard_split`` in a subprocess of its own process group, output to files, held at
     ``hold_at`` (a point named in ``django_shards.resharding.runner``) by the ``FileHold``
-    that ``tests/held_split.py`` hands its runner."""
+    that ``tests/support/held_split.py`` hands its runner."""
 
     def __init__(self, argv: list[str], hold_at: str) -> None:
         self.hold_at = hold_at
@@ -161,7 +161,7 @@ class Split:
         wait_for_target_replicas()
         connections.close_all()  # no connection of ours holds a lock or a snapshot
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.held_split", *argv],
+            [sys.executable, "-m", "tests.support.held_split", *argv],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

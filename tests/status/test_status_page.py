@@ -37,7 +37,7 @@ from django_shards.strategies.consistent_hash import RING, RingLayout, shard_tok
 from django_shards.strategies.consistent_hash_svg import ring_arcs
 from django_shards.strategies.range import RangeLayout, RangeStrategy
 from django_shards.svg import BAR_Y, Canvas, Drawing, el
-from tests.conftest import MARIADB
+from tests.support.backend import MARIADB
 from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Reading
 
 SVG = "{http://www.w3.org/2000/svg}"

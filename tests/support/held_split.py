@@ -1,15 +1,15 @@
-"""Test-only entry point: ``python -m tests.held_split shard_split ARGS...`` runs
+"""Test-only entry point: ``python -m tests.support.held_split shard_split ARGS...`` runs
 ``manage.py shard_split ARGS...`` on the test settings, with a split runner that holds at
 the points the environment names:
 
 - ``SPLIT_HOLD_AT``: comma-separated points (``frozen``, ``copy testapp.Post``, ...; see
   ``django_shards.resharding.runner``);
 - ``SPLIT_HOLD_FILE``: the file the split writes the point's name to when it is held there,
-  and waits to see deleted (:class:`tests.split_support.FileHold`).
+  and waits to see deleted (:class:`tests.support.splitting.FileHold`).
 
-``test_split_crash.py`` runs it in a subprocess to ``SIGKILL`` a split at a point. The
-library itself reads no environment for this: the hook is handed to the runner. The map
-lease is the split tests' short one (``MAP_LEASE_SECONDS``).
+``tests/splitting/test_split_crash.py`` runs it in a subprocess to ``SIGKILL`` a split at a
+point. The library itself reads no environment for this: the hook is handed to the runner.
+The map lease is the split tests' short one (``MAP_LEASE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import sys
 import django
 
 from tests import settings as test_settings
-from tests.split_support import MAP_LEASE_SECONDS, FileHold
+from tests.support.splitting import MAP_LEASE_SECONDS, FileHold
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] != ["shard_split"]:
-        sys.exit(f"usage: python -m tests.held_split shard_split ARGS... (not {argv[:1]})")
+        sys.exit(f"usage: python -m tests.support.held_split shard_split ARGS... (not {argv[:1]})")
     test_settings.DJANGO_SHARDS["MAP_LEASE_SECONDS"] = MAP_LEASE_SECONDS
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     django.setup()

@@ -1,5 +1,5 @@
-"""Helpers shared by the split tests (``test_split.py``, ``test_split_crash.py``) and the
-split's test entry point (``tests/held_split.py``).
+"""What the split tests (``tests/splitting/``) share with each other and with the split's
+test entry point (``tests/support/held_split.py``).
 
 Nothing here touches the database when imported, so the entry point can import it before
 Django is set up.

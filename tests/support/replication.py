@@ -17,12 +17,12 @@ from django.db import connections
 from django_shards import context, shard_for
 from django_shards.health import monitor
 from django_shards.replicas import pool
-from tests.conftest import wait_for_replicas
+from tests.support.backend import wait_for_replicas
 from tests.testapp.models import Author
 
 T = TypeVar("T")
 
-TOPOLOGY = Path(__file__).resolve().parents[1] / "scripts" / "mariadb-topology"
+TOPOLOGY = Path(__file__).resolve().parents[2] / "scripts" / "mariadb-topology"
 # which server each alias lives on (scripts/mariadb-topology: s<i> -> p<i % 3>)
 SERVER_OF_REPLICA = {f"s{i}_r1": f"r{i % 3}" for i in range(6)}
 
