@@ -23,6 +23,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 SETTING = "DJANGO_SHARDS"
+#: the documentation online: check hints link to its pages (the package ships no docs/)
+DOCS_URL = "https://django-shards.readthedocs.io/en/latest/"
 
 #: the settings whose change clears what is derived from them (this module's parsed
 #: settings, the shard maps, replica and health state, the Snowflake generator)
@@ -151,7 +153,7 @@ def _parse_shard(raw: Mapping[str, Any]) -> ShardSettings:
     rng = raw.get("RANGE")
     return ShardSettings(
         shard=Shard(str(raw["NAME"]), str(raw["PRIMARY"]), tuple(raw.get("REPLICAS") or ())),
-        range=tuple(rng) if rng is not None else None,  # type: ignore[arg-type]
+        range=tuple(rng) if rng is not None else None,
     )
 
 

@@ -13,7 +13,7 @@ from django.core.checks import CheckMessage, Error, Warning
 from django_shards import conf
 
 #: the documentation online; a check's hint links to its section of ``checks/``
-DOCS_URL = "https://django-shards.readthedocs.io/en/latest/"
+DOCS_URL = conf.DOCS_URL
 TAG = "django_shards"
 SETTING = conf.SETTING
 
@@ -24,7 +24,7 @@ def docs_link(code: str) -> str:
 
 
 def _message(
-    cls: type[CheckMessage], code: str, msg: str, hint: str, obj: Any = SETTING
+    cls: type[Error] | type[Warning], code: str, msg: str, hint: str, obj: Any = SETTING
 ) -> CheckMessage:
     return cls(msg, hint=f"{hint} See {docs_link(code)}", obj=obj, id=f"{TAG}.{code}")
 

@@ -20,7 +20,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 
-from django_shards.conf import GroupSettings, ShardSettings
+from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
 from django_shards.strategies.base import Layout, Strategy, canonical_text, register_drawer
 
@@ -213,7 +213,7 @@ class ConsistentHashStrategy(Strategy):
             Error(
                 f"consistent_hash OPTIONS['vnodes'] {problem}.",
                 hint=f"Use a positive int up to {MAX_VNODES}; 256 is the default. "
-                "See docs/settings.md#consistent_hash",
+                f"See {DOCS_URL}settings/#consistent_hash",
                 obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
                 id="django_shards.E025",
             )

@@ -20,7 +20,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 
-from django_shards.conf import GroupSettings, ShardSettings
+from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
 from django_shards.strategies.base import Layout, Strategy, canonical_text, register_drawer
 
@@ -209,7 +209,7 @@ class HashStrategy(Strategy):
         def error(msg: str, hint: str) -> Error:
             return Error(
                 msg,
-                hint=f"{hint} See docs/settings.md#hash",
+                hint=f"{hint} See {DOCS_URL}settings/#hash",
                 obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
                 id="django_shards.E024",
             )

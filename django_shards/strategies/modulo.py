@@ -15,7 +15,7 @@ from django.core import checks
 from django.core.checks import CheckMessage
 from django.core.exceptions import ImproperlyConfigured
 
-from django_shards.conf import GroupSettings, ShardSettings
+from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
 from django_shards.strategies.base import Layout, Strategy, canonical_text, register_drawer
 
@@ -127,7 +127,7 @@ class ModuloStrategy(Strategy):
                 f"Shard group {group.name!r} uses modulo placement: it cannot split one "
                 "shard and can only grow by doubling every shard, moving half of all rows.",
                 hint="Prefer consistent_hash (adding a shard moves ~1/(N+1) of keys). "
-                "See docs/settings.md#modulo",
+                f"See {DOCS_URL}settings/#modulo",
                 obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
                 id="django_shards.W020",
             )

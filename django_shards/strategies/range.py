@@ -19,7 +19,7 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 
-from django_shards.conf import GroupSettings, ShardSettings
+from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
 from django_shards.strategies.base import (
     Layout,
@@ -151,7 +151,7 @@ class RangeLayout(Layout):
                     raise ValueError(f"the ranges of shards {prev!r} and {name!r} overlap")
         except TypeError as exc:
             raise ValueError(f"range bounds are not of one orderable type ({exc})") from exc
-        self.intervals: tuple[Interval, ...] = tuple(ordered)  # type: ignore[arg-type]
+        self.intervals: tuple[Interval, ...] = tuple(ordered)
         self._starts = [lo for lo, _, _ in ordered if lo is not None]
         self._his = [hi for _, hi, _ in ordered]
         self._owners = [name for _, _, name in ordered]
@@ -232,7 +232,7 @@ def _error(group: GroupSettings, code: str, msg: str, hint: str) -> Error:
     """A check error on ``group``; the hint ends with a link to the range settings docs."""
     return Error(
         msg,
-        hint=f"{hint} See docs/settings.md#range",
+        hint=f"{hint} See {DOCS_URL}settings/#range",
         obj=f"DJANGO_SHARDS['GROUPS'][{group.name!r}]",
         id=f"django_shards.{code}",
     )

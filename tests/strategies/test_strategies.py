@@ -835,7 +835,9 @@ def test_range_check_reports_a_missing_or_malformed_range_as_e020(rng: Any, frag
     messages = RangeStrategy.check(g)
     assert ids(messages) == ["django_shards.E020"]
     assert fragment in messages[0].msg
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#range")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#range"
+    )
     assert "\n" not in messages[0].hint
 
 
@@ -844,7 +846,9 @@ def test_range_check_reports_overlapping_shards_as_e021_naming_both() -> None:
     messages = RangeStrategy.check(g)
     assert ids(messages) == ["django_shards.E021"]
     assert "'a' [0, 100)" in messages[0].msg and "'b' [50, 200)" in messages[0].msg
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#range")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#range"
+    )
 
 
 def test_range_check_reports_two_unbounded_starts_as_an_overlap() -> None:
@@ -864,7 +868,9 @@ def test_range_check_reports_a_gap_as_e022_naming_both_shards_and_the_gap() -> N
     assert ids(messages) == ["django_shards.E022"]
     assert "[100, 150)" in messages[0].msg
     assert "'a'" in messages[0].msg and "'b'" in messages[0].msg
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#range")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#range"
+    )
 
 
 @pytest.mark.parametrize(
@@ -883,7 +889,9 @@ def test_range_check_reports_a_gap_as_e022_naming_both_shards_and_the_gap() -> N
 def test_range_check_reports_bounds_of_mixed_or_unusable_types_as_e023(a: Any, b: Any) -> None:
     messages = RangeStrategy.check(group("range", shard("a", a), shard("b", b)))
     assert ids(messages) == ["django_shards.E023"]
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#range")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#range"
+    )
 
 
 def test_hash_check_accepts_no_ranges_or_a_full_tiling() -> None:
@@ -911,7 +919,9 @@ def test_hash_check_reports_bad_explicit_ranges_as_e024(ranges: list[Any], fragm
     messages = HashStrategy.check(g)
     assert ids(messages) == ["django_shards.E024"]
     assert fragment in messages[0].msg
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#hash")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#hash"
+    )
 
 
 @pytest.mark.parametrize("vnodes", [0, -1, 10_001, "256", 2.5, True, None])
@@ -919,7 +929,9 @@ def test_consistent_hash_check_reports_bad_vnodes_as_e025(vnodes: Any) -> None:
     messages = ConsistentHashStrategy.check(group("consistent_hash", shard("a"), vnodes=vnodes))
     assert ids(messages) == ["django_shards.E025"]
     assert "vnodes" in messages[0].msg
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#consistent_hash")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#consistent_hash"
+    )
 
 
 @pytest.mark.parametrize("options", [{}, {"vnodes": 1}, {"vnodes": 256}, {"vnodes": 10_000}])
@@ -932,4 +944,6 @@ def test_modulo_check_warns_that_it_can_only_grow_by_doubling_as_w020() -> None:
     assert ids(messages) == ["django_shards.W020"]
     assert "doubling every shard" in messages[0].msg
     assert "consistent_hash" in messages[0].hint
-    assert messages[0].hint.endswith("See https://django-shards.readthedocs.io/en/latest/settings/#modulo")
+    assert messages[0].hint.endswith(
+        "See https://django-shards.readthedocs.io/en/latest/settings/#modulo"
+    )
