@@ -25,36 +25,39 @@ reason; the hypothesis tests leave out only the inputs that hit such a known dis
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import NotSupportedError, models, transaction
+from django.db import NotSupportedError
 from django.db.models import Avg, Count, Exists, F, Max, Min, OuterRef, Q, Sum, Window
 from django.db.models.functions import Lower, Rank
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
-import django_shards
 from django_shards import context, fanout, shard_for
 from tests.support.backend import MARIADB, wait_for_replicas
-from tests.testapp.models import Author, AuthorTwin, Post, PostTwin
-
-HYPOTHESIS = dict(
-    deadline=None,
-    database=None,  # ids change every run: a stored example would not replay
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+from tests.support.twins import (
+    HYPOTHESIS,
+    PRIMARIES,
+    REPLICAS,
+    SHARD_NAMES,
+    SHARDED,
+    TWIN,
+    Side,
+    assert_same_tables,
+    norm,
+    outcome,
+    results,
+    rolled_back,
+    same,
+    steps,
+    to_q,
+    trees,
 )
-
-GROUP = django_settings.DJANGO_SHARDS["GROUPS"]["users"]
-SHARD_NAMES = [s["NAME"] for s in GROUP["SHARDS"]]
-PRIMARIES = [s["PRIMARY"] for s in GROUP["SHARDS"]]
-REPLICAS = {r for s in GROUP["SHARDS"] for r in s["REPLICAS"]}
+from tests.testapp.models import Author, AuthorTwin, Post, PostTwin
 
 # -- the dataset -------------------------------------------------------------------------------
 
@@ -88,9 +91,6 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({len(self.authors)} authors, {len(self.post_ids)} posts)"
-
-    def author(self, side: Side, i: int) -> models.Model:
-        return self.authors[i] if side.sharded else self.twins[i]
 
 
 def _make_authors() -> list[Author]:
@@ -157,134 +157,6 @@ def build_dataset() -> Dataset:
     return Dataset(authors=authors, twins=twins, post_ids=[p.pk for p in posts])
 
 
-# -- normalising and comparing -----------------------------------------------------------------
-
-_RENAMES = [("PostTwin", "Post"), ("AuthorTwin", "Author"), ("posttwin", "post")]
-
-
-def _text(s: str) -> str:
-    for old, new in _RENAMES:
-        s = s.replace(old, new)
-    return s
-
-
-def row(obj: models.Model, *extra: str) -> dict[str, Any]:
-    out = {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
-    out.update({name: getattr(obj, name) for name in extra})
-    return out
-
-
-def norm(value: Any) -> Any:
-    if isinstance(value, models.Model):
-        return (type(value).__name__.removesuffix("Twin"), row(value))
-    if isinstance(value, dict):
-        return {_text(k) if isinstance(k, str) else k: norm(v) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named row
-        return ("named", tuple(value._fields), tuple(norm(v) for v in value))
-    if isinstance(value, list | tuple):
-        return [norm(v) for v in value]
-    return value
-
-
-def outcome(fn: Callable[[], Any]) -> Any:
-    """What a user observes: the normalised result, or the exception raised."""
-    try:
-        return ("returned", norm(fn()))
-    except Exception as exc:  # noqa: BLE001 - compared with the twin, never hidden
-        return ("raised", type(exc).__name__, _text(str(exc)))
-
-
-def as_multiset(result: Any) -> Any:
-    if result[0] == "returned" and isinstance(result[1], list):
-        return ("returned", sorted(result[1], key=repr))
-    return result
-
-
-@dataclass(frozen=True)
-class Side:
-    sharded: bool
-    post: type[models.Model]
-    author: type[models.Model]
-
-    def name(self, path: str) -> str:
-        """A lookup or field path on this side (``post__likes`` -> ``posttwin__likes``)."""
-        if self.sharded:
-            return path
-        sign = "-" if path.startswith("-") else ""
-        parts = [
-            "posttwin" if p in ("post", "post_set") else p for p in path.lstrip("-").split("__")
-        ]
-        if path.lstrip("-") == "post_set":
-            return sign + "posttwin_set"
-        return sign + "__".join(parts)
-
-
-SHARDED = Side(True, Post, Author)
-TWIN = Side(False, PostTwin, AuthorTwin)
-
-
-@contextlib.contextmanager
-def strong():
-    with django_shards.consistency("strong"):
-        yield
-
-
-def results(fn: Callable[[Side], Any]) -> tuple[Any, Any]:
-    """(sharded outcome, twin outcome) of ``fn(side)``."""
-    with strong():
-        got = outcome(lambda: fn(SHARDED))
-    expected = outcome(lambda: fn(TWIN))
-    return got, expected
-
-
-def same(fn: Callable[[Side], Any], *, ordered: bool = True, what: str = "") -> Any:
-    """Assert the sharded side answers ``fn`` like the twin; returns the twin's answer."""
-    got, expected = results(fn)
-    if not ordered:
-        got, expected = as_multiset(got), as_multiset(expected)
-    assert got == expected, what
-    return expected
-
-
-def table_contents() -> tuple[list, list, list, list]:
-    """(sharded authors, twin authors, sharded posts, twin posts), each sorted by id; checks
-    every sharded row sits on the shard owning its key."""
-    authors, posts = [], []
-    with strong():
-        for name in SHARD_NAMES:
-            for a in Author.objects.on_shard(name):
-                assert shard_for(Author, a.pk).name == name
-                authors.append(norm(a))
-            for p in Post.objects.on_shard(name):
-                assert shard_for(Post, p.author_id).name == name
-                posts.append(norm(p))
-    by_id = lambda r: r[1]["id"]  # noqa: E731
-    return (
-        sorted(authors, key=by_id),
-        sorted(map(norm, AuthorTwin.objects.all()), key=by_id),
-        sorted(posts, key=by_id),
-        sorted(map(norm, PostTwin.objects.all()), key=by_id),
-    )
-
-
-def assert_same_tables() -> None:
-    authors, author_twins, posts, post_twins = table_contents()
-    assert authors == author_twins
-    assert posts == post_twins
-
-
-@contextlib.contextmanager
-def rolled_back():
-    """A savepoint on the catalog and every shard primary, rolled back at the end."""
-    aliases = ["default", *PRIMARIES]
-    with contextlib.ExitStack() as stack:
-        for alias in aliases:
-            stack.enter_context(transaction.atomic(using=alias))
-        yield
-        for alias in aliases:
-            transaction.set_rollback(True, using=alias)
-
-
 @pytest.fixture
 def ds() -> Dataset:
     data = build_dataset()
@@ -328,29 +200,7 @@ post_atoms = st.one_of(
 )
 
 
-def trees(atoms: st.SearchStrategy) -> st.SearchStrategy:
-    return st.recursive(
-        atoms.map(lambda a: ("atom", a)),
-        lambda kids: st.one_of(
-            st.tuples(st.sampled_from(["and", "or"]), kids, kids),
-            st.tuples(st.just("not"), kids),
-        ),
-        max_leaves=3,
-    )
-
-
-def to_q(tree: tuple) -> Q:
-    kind = tree[0]
-    if kind == "atom":
-        lookup, value = tree[1]
-        return Q(**{lookup: value})
-    if kind == "not":
-        return ~to_q(tree[1])
-    left, right = to_q(tree[1]), to_q(tree[2])
-    return left & right if kind == "and" else left | right
-
-
-chains = st.lists(st.tuples(st.sampled_from(["filter", "exclude"]), trees(post_atoms)), max_size=2)
+chains = steps(trees(post_atoms, max_leaves=3), max_size=2)
 
 # ordering items, as data: ("field", "-likes") or ("expr", name, descending)
 ORDER_FIELDS = ["likes", "title", "created", "author__name", "author__score", "author"]

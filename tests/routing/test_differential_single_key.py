@@ -23,34 +23,39 @@ Differences found are kept at the end as strict xfails.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.conf import settings as django_settings
-from django.db import IntegrityError, models, transaction
+from django.db import models
 from django.db.models import Avg, Count, F, Max, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Concat
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-import django_shards
 from django_shards import shard_for
+from tests.support.twins import (
+    HYPOTHESIS,
+    SHARDED,
+    TWIN,
+    Side,
+    assert_same_tables,
+    both,
+    compare,
+    outcome,
+    rolled_back,
+    row,
+    sharded_text,
+    steps,
+    strong,
+    table_contents,
+    trees,
+)
 from tests.testapp.models import Author, AuthorTwin, Post, PostTwin
 
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-HYPOTHESIS = dict(
-    deadline=None,
-    database=None,  # the dataset's ids change every run: a stored example would not replay
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-SHARD_NAMES = [s["NAME"] for s in django_settings.DJANGO_SHARDS["GROUPS"]["users"]["SHARDS"]]
-SHARD_PRIMARIES = [s["PRIMARY"] for s in django_settings.DJANGO_SHARDS["GROUPS"]["users"]["SHARDS"]]
 
 N_AUTHORS = 5  # the last one has no posts
 POSTS_PER_AUTHOR = 15
@@ -86,6 +91,16 @@ class Dataset:
         """Keys of the saved authors on the same shard as author ``i``."""
         owner = shard_for(Author, self.key(i)).name
         return [a.pk for a in self.authors[:MISSING] if shard_for(Author, a.pk).name == owner]
+
+    def resolve(self, value: Any) -> Any:
+        """A drawn value with its references (:class:`KeyRef`, :class:`PostRef`) resolved."""
+        if isinstance(value, KeyRef):
+            return self.key(value.index)
+        if isinstance(value, PostRef):
+            return self.post_ids[value.index] if value.index < len(self.post_ids) else 1
+        if isinstance(value, tuple):
+            return tuple(self.resolve(v) for v in value)
+        return value
 
 
 def _make_authors() -> list[Author]:
@@ -145,90 +160,6 @@ def ds() -> Dataset:
     return data
 
 
-# -- normalising results so that both sides compare ----------------------------------------
-
-_RENAMES = [("PostTwin", "Post"), ("AuthorTwin", "Author"), ("posttwin", "post")]
-
-
-def _text(s: str) -> str:
-    for old, new in _RENAMES:
-        s = s.replace(old, new)
-    return s
-
-
-def row(obj: models.Model, *extra: str) -> dict[str, Any]:
-    out = {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
-    out.update({name: getattr(obj, name) for name in extra})
-    return out
-
-
-def norm(value: Any) -> Any:
-    if isinstance(value, models.Model):
-        return (type(value).__name__.removesuffix("Twin"), row(value))
-    if isinstance(value, dict):
-        return {_text(k) if isinstance(k, str) else k: norm(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [norm(v) for v in value]
-    return value
-
-
-def outcome(fn) -> Any:
-    """What a user observes: the normalised result, or the exception raised."""
-    try:
-        return ("returned", norm(fn()))
-    except IntegrityError as exc:  # the message names backend tables: compare the type
-        return ("raised", type(exc).__name__)
-    except Exception as exc:  # noqa: BLE001 - compared with the twin, never hidden
-        return ("raised", type(exc).__name__, _text(str(exc)))
-
-
-@contextlib.contextmanager
-def strong():
-    with django_shards.consistency("strong"):
-        yield
-
-
-@contextlib.contextmanager
-def rolled_back():
-    """A savepoint on the catalog and every shard primary, rolled back at the end."""
-    aliases = ["default", *SHARD_PRIMARIES]
-    with contextlib.ExitStack() as stack:
-        for alias in aliases:
-            stack.enter_context(transaction.atomic(using=alias))
-        yield
-        for alias in aliases:
-            transaction.set_rollback(True, using=alias)
-
-
-def table_contents() -> tuple[list, list, list, list]:
-    """(sharded authors, twin authors, sharded posts, twin posts), each sorted by id.
-
-    Reads every shard, and checks that each sharded row sits on the shard owning its key.
-    """
-    authors, posts = [], []
-    with strong():
-        for name in SHARD_NAMES:
-            for a in Author.objects.on_shard(name):
-                assert shard_for(Author, a.pk).name == name, f"author {a.pk} on {name}"
-                authors.append(norm(a))
-            for p in Post.objects.on_shard(name):
-                assert shard_for(Post, p.author_id).name == name, f"post {p.pk} on {name}"
-                posts.append(norm(p))
-    by_id = lambda r: r[1]["id"]  # noqa: E731
-    return (
-        sorted(authors, key=by_id),
-        sorted(map(norm, AuthorTwin.objects.all()), key=by_id),
-        sorted(posts, key=by_id),
-        sorted(map(norm, PostTwin.objects.all()), key=by_id),
-    )
-
-
-def assert_same_tables() -> None:
-    authors, author_twins, posts, post_twins = table_contents()
-    assert authors == author_twins
-    assert posts == post_twins
-
-
 # -- drawing queries -----------------------------------------------------------------------
 #
 # A query is data (tuples), applied to either side by ``Side``; the twin side renames the
@@ -248,51 +179,6 @@ class PostRef:
 
     index: int
 
-
-def resolve(value: Any, ds: Dataset) -> Any:
-    if isinstance(value, KeyRef):
-        return ds.key(value.index)
-    if isinstance(value, PostRef):
-        return ds.post_ids[value.index] if value.index < len(ds.post_ids) else 1
-    if isinstance(value, tuple):
-        return tuple(resolve(v, ds) for v in value)
-    return value
-
-
-@dataclass(frozen=True)
-class Side:
-    sharded: bool
-    post: type[models.Model]
-    author: type[models.Model]
-
-    def name(self, path: str) -> str:
-        """A lookup or field path on this side (``post__likes`` -> ``posttwin__likes``)."""
-        if self.sharded:
-            return path
-        sign = "-" if path.startswith("-") else ""
-        renames = {"post": "posttwin", "post_set": "posttwin_set"}
-        parts = [renames.get(p, p) for p in path.lstrip("-").split("__")]
-        return sign + "__".join(parts)
-
-    def q(self, tree: tuple, ds: Dataset) -> Q:
-        kind = tree[0]
-        if kind == "atom":
-            lookup, value = tree[1]
-            return Q(**{self.name(lookup): resolve(value, ds)})
-        if kind == "not":
-            return ~self.q(tree[1], ds)
-        left, right = self.q(tree[1], ds), self.q(tree[2], ds)
-        return left & right if kind == "and" else left | right
-
-    def author_obj(self, ds: Dataset, i: int) -> models.Model:
-        return ds.authors[i] if self.sharded else ds.twins[i]
-
-    def post_set(self, author: models.Model) -> models.Manager:
-        return author.post_set if self.sharded else author.posttwin_set
-
-
-SHARDED = Side(True, Post, Author)
-TWIN = Side(False, PostTwin, AuthorTwin)
 
 TITLE_PREFIXES = ["alpha", "beta", "gamma", "delta", "alpha beta", "a", "zzz", ""]
 TITLES = sorted({post_title(i, j) for i in range(N_AUTHORS) for j in range(10)}) + ["nope"]
@@ -340,24 +226,8 @@ author_atoms = st.one_of(
 )
 
 
-def trees(atoms: st.SearchStrategy) -> st.SearchStrategy:
-    return st.recursive(
-        atoms.map(lambda a: ("atom", a)),
-        lambda kids: st.one_of(
-            st.tuples(st.sampled_from(["and", "or"]), kids, kids),
-            st.tuples(st.just("not"), kids),
-        ),
-        max_leaves=4,
-    )
-
-
-post_trees = trees(post_atoms)
-author_trees = trees(author_atoms)
-
-
-def steps(tree_strategy: st.SearchStrategy) -> st.SearchStrategy:
-    """Chained ``.filter(q)`` / ``.exclude(q)`` calls."""
-    return st.lists(st.tuples(st.sampled_from(["filter", "exclude"]), tree_strategy), max_size=3)
+post_trees = trees(post_atoms, max_leaves=4)
+author_trees = trees(author_atoms, max_leaves=4)
 
 
 POST_ORDER_FIELDS = ["title", "likes", "created", "author__score", "author__email"]
@@ -419,15 +289,16 @@ def post_queryset(side: Side, ds: Dataset, key_index: int, form: tuple, chain: l
     elif kind == "for_key":
         qs = (manager.for_key(k) if side.sharded else manager.all()).filter(author_id=k)
     elif kind == "q_and":
-        qs = manager.filter(Q(author_id=k) & side.q(form[1], ds))
+        qs = manager.filter(Q(author_id=k) & side.q(form[1], ds.resolve))
     elif kind == "or_branches":
         qs = manager.filter(
-            (Q(author_id=k) & side.q(form[1], ds)) | (Q(author_id=k) & side.q(form[2], ds))
+            (Q(author_id=k) & side.q(form[1], ds.resolve))
+            | (Q(author_id=k) & side.q(form[2], ds.resolve))
         )
     else:
         qs = manager.all()
     for method, tree in chain:
-        qs = getattr(qs, method)(side.q(tree, ds))
+        qs = getattr(qs, method)(side.q(tree, ds.resolve))
     if kind == "key_last":
         qs = qs.filter(author_id=k)
     if ordering is not None:
@@ -611,7 +482,7 @@ def run_post_op(side: Side, qs, op: tuple, ds: Dataset, ordered: bool):
         rows = with_total_order(qs, ordered).values_list(*op[1], named=True)
         return [(r._fields, tuple(r)) for r in rows]
     if kind == "get":
-        return qs.get() if op[1] is None else qs.get(**{op[1][0]: resolve(op[1][1], ds)})
+        return qs.get() if op[1] is None else qs.get(**{op[1][0]: ds.resolve(op[1][1])})
     raise AssertionError(op)
 
 
@@ -637,13 +508,6 @@ async def run_async_op(qs, kind: str, ds: Dataset, ordered: bool):
     raise AssertionError(kind)
 
 
-def compare(run_sharded, run_twin, what: str):
-    with strong():
-        got = outcome(run_sharded)
-    expected = outcome(run_twin)
-    assert got == expected, what
-
-
 # -- hypothesis: reads on Post --------------------------------------------------------------
 
 
@@ -652,7 +516,7 @@ def compare(run_sharded, run_twin, what: str):
 @given(
     key_index=KEY_INDEXES,
     form=post_key_forms,
-    chain=steps(post_trees),
+    chain=steps(post_trees, max_size=3),
     ordering=post_orderings(),
     data=st.data(),
 )
@@ -720,9 +584,9 @@ def author_queryset(side: Side, ds: Dataset, key_index: int, form: tuple, chain:
     elif kind == "for_key":
         qs = (manager.for_key(k) if side.sharded else manager.all()).filter(pk=k)
     else:
-        qs = manager.filter(Q(pk=k) & side.q(form[1], ds))
+        qs = manager.filter(Q(pk=k) & side.q(form[1], ds.resolve))
     for method, tree in chain:
-        qs = getattr(qs, method)(side.q(tree, ds))
+        qs = getattr(qs, method)(side.q(tree, ds.resolve))
     return qs
 
 
@@ -799,7 +663,7 @@ def run_author_op(side: Side, qs, op: str, ds: Dataset, key_index: int):
 
 @pytest.mark.parametrize("op", AUTHOR_OPS)
 @settings(max_examples=10, **HYPOTHESIS)
-@given(key_index=KEY_INDEXES, form=author_key_forms, chain=steps(author_trees))
+@given(key_index=KEY_INDEXES, form=author_key_forms, chain=steps(author_trees, max_size=3))
 def test_author_queries_by_primary_key_answer_like_the_unsharded_twin(
     ds, op, key_index, form, chain
 ):
@@ -864,7 +728,7 @@ def run_write(
     if kind in ("update_via_post_set", "delete_via_post_set"):
         qs = side.post_set(author).all()
         for method, tree in chain:
-            qs = getattr(qs, method)(side.q(tree, ds))
+            qs = getattr(qs, method)(side.q(tree, ds.resolve))
         return qs.update(**UPDATES[op[1]]()) if kind == "update_via_post_set" else qs.delete()
     if kind == "delete_author":
         return side.author.objects.filter(pk=k).delete()
@@ -960,7 +824,7 @@ def normalise_write_result(result: Any) -> Any:
 @given(
     key_index=KEY_INDEXES,
     form=post_key_forms,
-    chain=steps(post_trees).map(lambda c: c[:2]),
+    chain=steps(post_trees, max_size=3).map(lambda c: c[:2]),
     data=st.data(),
 )
 def test_writes_on_one_author_return_and_leave_what_the_unsharded_twin_does(
@@ -998,12 +862,6 @@ def test_writes_on_one_author_return_and_leave_what_the_unsharded_twin_does(
 
 
 # -- explicit cases -------------------------------------------------------------------------
-
-
-def both(fn_sharded, fn_twin):
-    with strong():
-        got = outcome(fn_sharded)
-    return got, outcome(fn_twin)
 
 
 def test_each_authors_posts_in_every_key_form_match_the_twin(ds):
@@ -1158,7 +1016,7 @@ def test_delete_of_an_author_cascades_with_the_same_counts_as_the_twin(ds):
     with strong():
         got = normalise_write_result(Author.objects.filter(pk=k).delete())
     expected = AuthorTwin.objects.filter(pk=k).delete()
-    assert got == (expected[0], {_text(label): n for label, n in expected[1].items()})
+    assert got == (expected[0], {sharded_text(label): n for label, n in expected[1].items()})
     assert got[1]["testapp.Author"] == 1
     assert_same_tables()
 
