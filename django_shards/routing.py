@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 from django.db import connections, models, transaction
@@ -20,7 +20,10 @@ from django_shards.exceptions import (
 from django_shards.health import monitor
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.replicas import pool
-from django_shards.shardmap import ShardMap, get_map
+from django_shards.shardmap import ShardMap, get_map, registry
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
 logger = logging.getLogger("django_shards.routing")
 
@@ -34,9 +37,16 @@ def sharding_of(model: type[models.Model]) -> ShardKey:
 
 
 def shard_for(model: type[models.Model], key: Any) -> Shard:
-    """The shard that owns ``key`` for ``model`` (``key`` may be a model instance)."""
-    sk = sharding_of(model)
-    return get_map(sk.group).shard_for_key(sk.normalize(key))
+    """The shard that owns ``key`` for ``model`` (``key`` may be a model instance).
+
+    Written out (no ``sharding_of``/``get_map``/``ShardMap.shard_for_key`` layers): it is
+    the placement itself plus a few lookups, on every call.
+    """
+    sk = key_for_model(model) or sharding_of(model)
+    shard_map = registry.get(sk.group)
+    if key.__class__ is not int or not sk.int_key:
+        key = sk.normalize(key)
+    return shard_map.shards[shard_map.strategy.shard_for_key(shard_map.layout, key)]
 
 
 def instance_shard(instance: models.Model, group: str | None = None) -> Shard | None:
@@ -227,9 +237,11 @@ def in_atomic_block(alias: str) -> bool:
     until ``DATABASES`` changes.
     """
     epoch = _epoch[0]
+    memo: tuple[object, dict[str, BaseDatabaseWrapper]] | None
     memo = getattr(_this_thread, "memo", None)
     if memo is None or memo[0] is not epoch:
-        memo = _this_thread.memo = (epoch, {})
+        memo = (epoch, {})
+        _this_thread.memo = memo
     conn = memo[1].get(alias)
     if conn is None:
         conn = memo[1][alias] = connections[alias]

@@ -152,7 +152,7 @@ def map_from_row(row: Any) -> ShardMap:
     try:
         strategy = load_strategy(row.strategy, row.options or {})
         layout = strategy.load_layout(row.layout)
-    except Exception as exc:  # noqa: BLE001 - any failure: say which version and why
+    except Exception as exc:  # any failure: say which version and why
         raise ShardingError(
             f"Version {row.version} of the map of group {row.group!r} in the catalog cannot "
             f"be decoded with its strategy {row.strategy!r}: {exc!r}."
@@ -229,6 +229,7 @@ class MapRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._refreshing: dict[str, threading.Lock] = {}
+        #: group -> (map, monotonic time its lease runs out)
         self._maps: dict[str, tuple[ShardMap, float]] = {}
 
     def get(self, group: str) -> ShardMap:
@@ -238,7 +239,7 @@ class MapRegistry:
         milliseconds that takes (the split's lease waits include a margin for this).
         """
         entry = self._maps.get(group)
-        if entry is not None and time.monotonic() - entry[1] < get_config().map_lease_seconds:
+        if entry is not None and time.monotonic() < entry[1]:
             return entry[0]
         refreshing = self._refreshing.setdefault(group, threading.Lock())
         if entry is not None and not refreshing.acquire(blocking=False):
@@ -260,7 +261,7 @@ class MapRegistry:
                         exc,
                     )
                     shard_map = replace(shard_map, stale=str(exc))
-                self._maps[group] = (shard_map, time.monotonic())
+                self._maps[group] = (shard_map, time.monotonic() + get_config().map_lease_seconds)
                 return shard_map
         finally:
             if entry is not None:
@@ -311,7 +312,7 @@ class MapRegistry:
             )
             if freezes != shard_map.freezes or shard_map.stale is not None:
                 shard_map = replace(shard_map, freezes=freezes, stale=None)
-            self._maps[group] = (shard_map, time.monotonic())
+            self._maps[group] = (shard_map, time.monotonic() + get_config().map_lease_seconds)
             return shard_map
 
     def reset_group(self, group: str) -> None:
