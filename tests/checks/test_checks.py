@@ -194,7 +194,7 @@ class CrashingStrategy(Strategy):
 
 @pytest.mark.parametrize(
     "strategy",
-    ["modular", "no.such.module.Strategy", "nodots", "tests.test_checks.ids", "", 5, None],
+    ["modular", "no.such.module.Strategy", "nodots", "tests.checks.test_checks.ids", "", 5, None],
 )
 def test_unknown_strategy_is_reported_as_e003(strategy: Any) -> None:
     config = valid_shards()
@@ -205,7 +205,9 @@ def test_unknown_strategy_is_reported_as_e003(strategy: Any) -> None:
     assert settings_messages() == []
 
 
-@pytest.mark.parametrize("strategy", [*conf.BUILTIN_STRATEGIES, "tests.test_checks.QuietStrategy"])
+@pytest.mark.parametrize(
+    "strategy", [*conf.BUILTIN_STRATEGIES, "tests.checks.test_checks.QuietStrategy"]
+)
 def test_builtin_names_and_custom_strategy_paths_are_accepted(strategy: str) -> None:
     config = valid_shards()
     config["GROUPS"]["users"]["STRATEGY"] = strategy
@@ -215,7 +217,7 @@ def test_builtin_names_and_custom_strategy_paths_are_accepted(strategy: str) -> 
 
 def test_strategy_check_messages_are_included() -> None:
     config = valid_shards()
-    config["GROUPS"]["users"]["STRATEGY"] = "tests.test_checks.ComplainingStrategy"
+    config["GROUPS"]["users"]["STRATEGY"] = "tests.checks.test_checks.ComplainingStrategy"
     messages = settings_messages(config)
     assert ids(messages) == ["tests.E999"]
     assert messages[0].msg == "users has 2 shards"
@@ -229,7 +231,7 @@ def test_builtin_strategy_check_runs_for_its_group() -> None:
 
 def test_custom_strategy_check_that_raises_is_reported_as_e003() -> None:
     config = valid_shards()
-    config["GROUPS"]["users"]["STRATEGY"] = "tests.test_checks.CrashingStrategy"
+    config["GROUPS"]["users"]["STRATEGY"] = "tests.checks.test_checks.CrashingStrategy"
     messages = settings_messages(config)
     assert ids(messages) == ["django_shards.E003"]
     assert "RuntimeError('boom')" in messages[0].msg
