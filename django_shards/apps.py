@@ -19,6 +19,7 @@ class ShardsConfig(AppConfig):
 
         post_save.connect(pin_after_save, dispatch_uid="django_shards.pin_after_save")
         post_delete.connect(pin_after_save, dispatch_uid="django_shards.pin_after_delete")
+        assert self.apps is not None  # the registry sets it before it calls ready()
         key_changes.connect(self.apps.get_models())
         post_migrate.connect(
             record_initial_versions, sender=self, dispatch_uid="django_shards.record_maps"

@@ -18,7 +18,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.db import DatabaseError, NotSupportedError
 from django.db.models.query import (
@@ -59,12 +59,13 @@ class ShardedIterable(BaseIterable):
     """
 
     row_iterable: type[BaseIterable] = ModelIterable
+    queryset: ShardedQuerySet
 
     def __iter__(self) -> Iterator[Any]:
         qs = self.queryset
         shards = qs._route()
         if shards is None:  # using() chose the database
-            return super().__iter__()
+            return super().__iter__()  # type: ignore[misc]  # row_iterable's, next in the MRO
         if len(shards) > 1:
             return iter(fetch(qs, shards))
         first, rows = read(qs, shards, self._first_row)
@@ -72,7 +73,7 @@ class ShardedIterable(BaseIterable):
 
     def _first_row(self) -> tuple[Any, Iterator[Any]]:
         """Run the query (it runs when the first row is asked for): (first row, the rest)."""
-        rows = super().__iter__()
+        rows = super().__iter__()  # type: ignore[misc]  # row_iterable's, next in the MRO
         return next(rows, _END), rows
 
 
@@ -316,7 +317,10 @@ def count(qs: ShardedQuerySet, shards: list[Shard]) -> int:
     if (
         query.combinator
         or is_values_grouped(qs)
-        or (query.distinct and qs._iterable_class.row_iterable is not ModelIterable)
+        or (
+            query.distinct
+            and cast("type[ShardedIterable]", qs._iterable_class).row_iterable is not ModelIterable
+        )
     ):
         return len(fetch(qs, shards))
     base = qs._chain()

@@ -11,6 +11,7 @@ transaction's writes.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -76,9 +77,7 @@ class FanoutExecutor:
                 results[i] = _run_one(shard, alias, task, in_worker=False)
             else:
                 ctx = contextvars.copy_context()
-                futures[
-                    self.submit(lambda s=shard, a=alias, c=ctx: c.run(_run_one, s, a, task))
-                ] = i
+                futures[self.submit(functools.partial(ctx.run, _run_one, shard, alias, task))] = i
         if futures:
             done, not_done = wait(futures, timeout=timeout, return_when=ALL_COMPLETED)
             for future in done:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from django.db import models
+from django.db.models.fields.related import RelatedField
 
 from django_shards.strategies.base import canonical_key
 
@@ -30,7 +31,8 @@ class ShardKey:
         meta = self.model._meta
         if self.field_name == "pk":
             return meta.pk
-        return meta.get_field(self.field_name)
+        # the checks (E012) refuse a key that is not a concrete field
+        return cast(models.Field, meta.get_field(self.field_name))
 
     @cached_property
     def attname(self) -> str:
@@ -50,13 +52,18 @@ class ShardKey:
 
     @cached_property
     def column(self) -> str:
-        return self.field.column
+        return cast(str, self.field.column)  # a concrete field always has its column
 
     @cached_property
     def int_key(self) -> bool:
         """Whether the key's values are ints (an integer field, or an FK to one)."""
-        target = self.field.target_field if self.field.is_relation else self.field
-        return isinstance(target, models.IntegerField)
+        return isinstance(self._target, models.IntegerField)
+
+    @cached_property
+    def _target(self) -> models.Field:
+        """The field whose values the key takes: the key field, or the one its FK names."""
+        field = self.field
+        return field.target_field if isinstance(field, RelatedField) else field
 
     def normalize(self, value: Any) -> Any:
         """``"5"`` and ``5`` must place alike: coerce a key to the key field's Python type."""
@@ -65,7 +72,7 @@ class ShardKey:
         value = canonical_key(value)
         if value is None:
             return None
-        target = self.field.target_field if self.field.is_relation else self.field
+        target = self._target
         if isinstance(value, int) and isinstance(target, models.IntegerField):
             return value
         return target.to_python(value)

@@ -152,14 +152,14 @@ def ordering_of(query: Any) -> Ordering:
             out.append(
                 OrderItem(
                     expr,
-                    expr.name if isinstance(expr, F) else None,
+                    expr.name if isinstance(expr, F) else None,  # type: ignore[attr-defined]
                     item.descending,
                     bool(item.nulls_first),
                     bool(item.nulls_last),
                 )
             )
         elif hasattr(item, "resolve_expression"):
-            out.append(OrderItem(item, item.name if isinstance(item, F) else None, False))
+            out.append(OrderItem(item, item.name if isinstance(item, F) else None, False))  # type: ignore[attr-defined]
     if not query.standard_ordering:  # reverse() / last()
         out = [
             OrderItem(i.expression, i.name, not i.descending, i.nulls_last, i.nulls_first)
@@ -191,7 +191,7 @@ class SortKey:
         self.items = items
 
     def __call__(self, values: Iterable[Any]) -> tuple:
-        key = []
+        key: list[tuple[int, Any]] = []
         for item, value in zip(self.items, values, strict=True):
             if value is None:
                 if item.nulls_first:
@@ -221,7 +221,7 @@ def finish_rows(spec: MergeSpec, rows: Iterable[Any]) -> Iterator[Any]:
     if spec.kind is RowKind.FLAT:
         return (row[0] for row in rows)
     if spec.kind is RowKind.NAMED:
-        cls = namedtuple("Row", spec.field_names, rename=True)  # noqa: PYI024
+        cls = namedtuple("Row", spec.field_names, rename=True)  # type: ignore[misc]  # names of the query
         return (tuple.__new__(cls, row) for row in rows)
     return iter(rows)
 
@@ -454,7 +454,7 @@ def plan_aggregate(aggregates: dict[str, Any], model: type[Model] | None = None)
             )
         function = _function_of(agg)
         default = getattr(agg, "default", None)
-        if function is Count and agg.distinct:
+        if function is Count and getattr(agg, "distinct", False):
             plan.distinct[name] = agg
             plan.recipes[name] = Recipe(Count, distinct=True)
             continue
@@ -464,8 +464,8 @@ def plan_aggregate(aggregates: dict[str, Any], model: type[Model] | None = None)
             )
         expressions = agg.get_source_expressions()[: agg.arity or None]
         if function is Avg:
-            plan.parts[name] = Sum(*expressions, filter=filter_of(agg))
-            plan.parts[f"{name}__count"] = Count(*expressions, filter=filter_of(agg))
+            plan.parts[name] = Sum(expressions[0], filter=filter_of(agg))  # Avg.arity is 1
+            plan.parts[f"{name}__count"] = Count(expressions[0], filter=filter_of(agg))
             plan.recipes[name] = _avg_recipe(default, _field_of(model, expressions[0]))
         else:
             plan.parts[name] = function(*expressions, filter=filter_of(agg))

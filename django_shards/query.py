@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.db import IntegrityError, models, transaction
 from django.db.models import lookups
@@ -28,6 +28,7 @@ from django_shards.exceptions import (
     ShardMoving,
 )
 from django_shards.keys import ShardKey, key_for_model
+from django_shards.queryset_base import QuerySetBase
 from django_shards.replicas import primary_errors
 from django_shards.routing import note_write, read_alias, write_alias, write_shard
 from django_shards.shardmap import ShardMap, get_map
@@ -64,7 +65,7 @@ _NO_OPTIONS = _Options()
 _ONE_OPTION: dict[tuple[str, Any], _Options] = {}
 
 
-class ShardedQuerySet(models.QuerySet):
+class ShardedQuerySet(QuerySetBase):
     """A ``QuerySet`` that picks its database from the shard key in its filters."""
 
     #: routing options (for_key, on_shard, strong, fanout ...): one immutable value that
@@ -73,7 +74,7 @@ class ShardedQuerySet(models.QuerySet):
     #: while an evaluation runs on the alias it chose, that alias (``db`` answers it)
     _running_on: str | None = None
     #: shards left out of the last fan-out of this queryset (with allow_partial())
-    missing_shards: list[str] = []  # noqa: RUF012 - only ever replaced, never mutated
+    missing_shards: list[str] = []  # only ever replaced, never mutated
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -291,7 +292,7 @@ class ShardedQuerySet(models.QuerySet):
     # -- methods that return a new queryset ----------------------------------------------
 
     def values(self, *fields: Any, **expressions: Any) -> ShardedQuerySet:
-        clone = super().values(*fields, **expressions)
+        clone = cast("ShardedQuerySet", super().values(*fields, **expressions))
         clone._iterable_class = sharded_iterable(clone._iterable_class)
         return clone
 
@@ -375,7 +376,7 @@ class ShardedQuerySet(models.QuerySet):
             return super()._insert(objs, *args, **kwargs)
 
     _insert.alters_data = True  # type: ignore[attr-defined]
-    _insert.queryset_only = False  # type: ignore[attr-defined]  (managers need it: save())
+    _insert.queryset_only = False  # type: ignore[attr-defined]  # managers need it: save()
 
     def _clone(self) -> ShardedQuerySet:
         clone = super()._clone()

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError, connections
@@ -29,6 +29,9 @@ from django.dispatch import receiver
 from django_shards.conf import WATCHED_SETTINGS, Shard, get_config
 from django_shards.exceptions import ShardUnavailable
 from django_shards.health import monitor
+
+if TYPE_CHECKING:
+    from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteDatabaseWrapper
 
 logger = logging.getLogger("django_shards.replicas")
 
@@ -91,7 +94,11 @@ def is_in_memory_mirror(connection: BaseDatabaseWrapper) -> bool:
         return False
     settings = connection.settings_dict
     mirror = (settings.get("TEST") or {}).get("MIRROR")
-    if not mirror or mirror not in connections or not connection.is_in_memory_db():
+    if (
+        not mirror
+        or mirror not in connections
+        or not cast("SQLiteDatabaseWrapper", connection).is_in_memory_db()
+    ):
         return False
     return settings["NAME"] == connections[mirror].settings_dict["NAME"]
 

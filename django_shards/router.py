@@ -93,14 +93,12 @@ def _declared_cross_shard(m1: type[models.Model], m2: type[models.Model]) -> boo
     """True when a foreign key between the two models has ``db_constraint=False``."""
     c1, c2 = m1._meta.concrete_model, m2._meta.concrete_model
 
-    def loose(src: type[models.Model], dst: type[models.Model]) -> bool:
-        return any(
-            f.is_relation
-            and f.many_to_one | f.one_to_one
-            and f.concrete
-            and f.related_model is not None
+    def loose(src: type[models.Model] | None, dst: type[models.Model] | None) -> bool:
+        return src is not None and any(
+            isinstance(f, models.ForeignKey)  # a concrete many-to-one or one-to-one
+            and isinstance(f.related_model, type)
             and f.related_model._meta.concrete_model is dst
-            and not f.db_constraint
+            and not f.db_constraint  # type: ignore[attr-defined]  # public, not in the stubs
             for f in src._meta.concrete_fields
         )
 

@@ -11,7 +11,7 @@ Every function here reads; none runs a query.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import lookups
 from django.db.models.expressions import Col
@@ -120,7 +120,7 @@ def shards_from_where(
             return set.intersection(*known) if known else None
         if not results or any(r is None for r in results):
             return None
-        return set().union(*results)
+        return set().union(*cast("list[set[str]]", results))
     if isinstance(node, NothingNode):
         return set()
     if isinstance(node, lookups.Lookup):
@@ -134,7 +134,9 @@ def shards_from_query(query: Any, sk: ShardKey, shard_map: ShardMap) -> set[str]
         found = [
             shards_from_where(q.where, base_alias(q), sk, shard_map) for q in query.combined_queries
         ]
-        return None if any(n is None for n in found) else set().union(*found)
+        if any(n is None for n in found):
+            return None
+        return set().union(*cast("list[set[str]]", found))
     return shards_from_where(query.where, base_alias(query), sk, shard_map)
 
 

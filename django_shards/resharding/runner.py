@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from django.core.management import call_command
@@ -217,7 +218,7 @@ class SplitRunner:
     # -- phases ----------------------------------------------------------------------------
 
     def run(self) -> SplitJob:
-        steps = {
+        steps: dict[str, Callable[[], None]] = {
             Phase.PLANNED: self.prepare,
             Phase.PREPARED: self.freeze,
             Phase.FROZEN: self.copy,
