@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.test.utils import setup_databases, teardown_databases
 
     from django_shards import context, shard_for
-    from tests.conftest import wait_for_replicas
+    from tests.support.backend import wait_for_replicas
     from tests.testapp.models import Author
 
     config = setup_databases(verbosity=0, interactive=False, aliases=list(settings.DATABASES))
