@@ -118,7 +118,7 @@ class SnowflakeField(models.BigIntegerField):
         super().__init__(*args, **kwargs)
 
     def deconstruct(self) -> tuple[Any, ...]:
-        name, path, args, kwargs = super().deconstruct()
+        name, _path, args, kwargs = super().deconstruct()
         if kwargs.get("default") is next_snowflake:
             del kwargs["default"]
         if kwargs.get("editable") is False:

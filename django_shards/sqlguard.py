@@ -140,7 +140,7 @@ def _check_token(token: Any, next_word: str) -> None:
         raise UnsafeSQL("# is not accepted outside a string (MySQL reads it as a comment)")
     if token.ttype is T.Literal and value.startswith("$"):
         raise UnsafeSQL("dollar-quoted strings are not accepted; use '...'")
-    if value.startswith(("[", "´")):
+    if value.startswith(("[", "´")):  # noqa: RUF001 - sqlparse quotes names with it
         raise UnsafeSQL('[bracketed] names are not accepted; quote names with " or `')
 
 

@@ -182,7 +182,7 @@ def _is_shard_router(entry: Any) -> bool:
             return True
         try:
             entry = import_string(entry)
-        except Exception as exc:  # Django reports a router it cannot import when it routes
+        except Exception as exc:  # noqa: BLE001 - Django reports it when it routes
             logger.debug("DATABASE_ROUTERS entry %r cannot be imported: %r", entry, exc)
             return False
     cls = entry if isinstance(entry, type) else type(entry)

@@ -219,7 +219,7 @@ def _load_strategy(group: Any, value: Any) -> tuple[type[Strategy] | None, list[
         if value in conf.BUILTIN_STRATEGIES:
             return e003(f"is built in but {path} cannot be imported ({exc})")
         return e003(f"is neither a built-in strategy nor an importable path ({exc})")
-    except Exception as exc:  # arbitrary user code ran on import
+    except Exception as exc:  # noqa: BLE001 - arbitrary user code ran on import
         return e003(f"cannot be imported: importing {path} raised {exc!r}")
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         return e003(f"names {cls!r}, which is not a subclass of Strategy")
@@ -241,7 +241,7 @@ def _strategy_messages(strategy: type[Strategy], group: conf.GroupSettings) -> l
 
     try:
         found = list(strategy.check(group))
-    except Exception as exc:  # a custom strategy's bug must not hide the other checks
+    except Exception as exc:  # noqa: BLE001 - a custom strategy's bug must not hide the others
         return e003(f"raised {exc!r}")
     if not all(isinstance(m, CheckMessage) for m in found):
         return e003("returned something other than CheckMessage objects")

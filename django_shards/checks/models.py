@@ -72,25 +72,27 @@ def _check_shard_key(sk: keys.ShardKey, groups: frozenset[Any] | None) -> list[C
     try:
         field = sk.field
     except (FieldDoesNotExist, TypeError):
-        names = [f.name for f in model._meta.concrete_fields]
-        return messages + [
+        field_names = [f.name for f in model._meta.concrete_fields]
+        return [
+            *messages,
             error(
                 "E012",
                 f"The shard key {sk.field_name!r} of {label} is not a field of the model"
-                f"{did_you_mean(sk.field_name, names)}.",
+                f"{did_you_mean(sk.field_name, field_names)}.",
                 "Name a concrete field (or 'pk') in ShardedManager(key=...).",
                 model,
-            )
+            ),
         ]
     if field not in model._meta.concrete_fields:
-        return messages + [
+        return [
+            *messages,
             error(
                 "E012",
                 f"The shard key {sk.field_name!r} of {label} is not a column of the model's "
                 f"table ({type_name(field)}).",
                 "Name a concrete field (or 'pk') in ShardedManager(key=...).",
                 model,
-            )
+            ),
         ]
     if isinstance(field, models.AutoField):
         messages.append(

@@ -54,7 +54,7 @@ def shard_tokens(name: str, vnodes: int) -> list[int]:
 class RingLayout(Layout):
     """Tokens on the ring and their owners; a point goes to the next token above it."""
 
-    __slots__ = ("tokens", "_tokens", "_owners", "_shift", "_first")
+    __slots__ = ("_first", "_owners", "_shift", "_tokens", "tokens")
 
     def __init__(self, tokens: Mapping[str, Iterable[int]]) -> None:
         #: shard name -> its tokens, sorted; shards in the order given (settings order).

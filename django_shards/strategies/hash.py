@@ -52,7 +52,7 @@ def _hex(value: int) -> str:
 class HashLayout(Layout):
     """Intervals ``[lo, hi)`` of ``[0, 2**64)`` and their owners, tiling the space exactly."""
 
-    __slots__ = ("intervals", "_starts", "_owners")
+    __slots__ = ("_owners", "_starts", "intervals")
 
     def __init__(self, intervals: Iterable[Sequence[Any]]) -> None:
         ordered = sorted((int(lo), int(hi), str(name)) for lo, hi, name in intervals)

@@ -43,7 +43,7 @@ def modulo_point(key: Any) -> int:
 class ModuloLayout(Layout):
     """The shard names, in settings order; point ``p`` belongs to ``names[p % N]``."""
 
-    __slots__ = ("names", "_count")
+    __slots__ = ("_count", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names: tuple[str, ...] = tuple(str(name) for name in names)

@@ -55,7 +55,7 @@ def draw_range(layout: RangeLayout, strategy: Strategy, canvas: svg.Canvas) -> s
         value = slots[0][0] if i == 0 else slots[i - 1][1]
         upper = i == len(slots)
         if value is None:
-            label = "+∞" if upper else "−∞"
+            label = "+∞" if upper else "−∞"  # noqa: RUF001 - the typographic minus
             x = svg.BAR_X1 + 20 if upper else svg.BAR_X0 - 20
         else:
             label = svg.fit(format_bound(value, upper=upper), 130, 11) or "…"
