@@ -9,9 +9,9 @@ naming the shard and alias, chained to the database's error (``__cause__``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -46,8 +46,11 @@ class TableSpec:
 
 def table_spec(sk: ShardKey) -> TableSpec:
     meta = sk.model._meta
-    columns = tuple(f.column for f in meta.concrete_fields)
-    return TableSpec(sk, meta.db_table, columns, meta.pk.column, columns.index(sk.field.column))
+    # a concrete field always has its column
+    columns = tuple(cast(str, f.column) for f in meta.concrete_fields)
+    return TableSpec(
+        sk, meta.db_table, columns, cast(str, meta.pk.column), columns.index(sk.column)
+    )
 
 
 def group_tables(group: str) -> list[TableSpec]:
@@ -273,10 +276,42 @@ def _check_target_empty(alias: str, tables: list[TableSpec]) -> None:
                         )
     except SplitError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an unreachable database is a clear error too
+    except Exception as exc:  # an unreachable database is a clear error too
         raise DatabaseUnusable(
             f"Cannot reach the new primary {alias!r}: {_reason(exc)}. Nothing was changed."
         ) from exc
+
+
+def _check_new_aliases(primary: str, replicas: Sequence[str], catalog: str) -> None:
+    """The new shard's aliases are configured, distinct, unused and not the catalog."""
+    for alias in (primary, *replicas):
+        if alias not in settings.DATABASES:
+            raise SplitError(f"Alias {alias!r} is not in DATABASES.")
+    if primary in replicas:
+        raise SplitError(f"Alias {primary!r} cannot be the new shard's primary and a replica.")
+    used = _aliases_in_use()
+    for alias in (primary, *replicas):
+        if alias in used:
+            raise SplitError(f"Alias {alias!r} is already in use by shard {used[alias]}.")
+    if primary == catalog:
+        raise SplitError(f"Alias {primary!r} is the catalog; use a database of its own.")
+
+
+def _check_new_replicas(primary: str, replicas: Sequence[str]) -> None:
+    """Each replica of the new shard mirrors its primary and answers (``probe``)."""
+    for replica in replicas:
+        mirror = (settings.DATABASES[replica].get("TEST") or {}).get("MIRROR")
+        if mirror != primary:
+            raise SplitError(
+                f"Replica {replica!r} does not replicate {primary!r}: its TEST['MIRROR'] is "
+                f"{mirror!r} (check django_shards.E007)."
+            )
+        health = probe(replica, "replica", wait=get_config().max_replica_lag_seconds)
+        if not health.healthy:
+            raise DatabaseUnusable(
+                f"Replica {replica!r} of the new shard is not usable: {health.problem}. "
+                "Nothing was changed."
+            )
 
 
 def plan_split(
@@ -301,30 +336,8 @@ def plan_split(
         )
     if target in base.shards:
         raise SplitError(f"Group {group!r} already has a shard named {target!r}.")
-    for alias in (primary, *replicas):
-        if alias not in settings.DATABASES:
-            raise SplitError(f"Alias {alias!r} is not in DATABASES.")
-    if primary in replicas:
-        raise SplitError(f"Alias {primary!r} cannot be the new shard's primary and a replica.")
-    used = _aliases_in_use()
-    for alias in (primary, *replicas):
-        if alias in used:
-            raise SplitError(f"Alias {alias!r} is already in use by shard {used[alias]}.")
-    if primary == config.catalog:
-        raise SplitError(f"Alias {primary!r} is the catalog; use a database of its own.")
-    for replica in replicas:
-        mirror = (settings.DATABASES[replica].get("TEST") or {}).get("MIRROR")
-        if mirror != primary:
-            raise SplitError(
-                f"Replica {replica!r} does not replicate {primary!r}: its TEST['MIRROR'] is "
-                f"{mirror!r} (check django_shards.E007)."
-            )
-        health = probe(replica, "replica", wait=get_config().max_replica_lag_seconds)
-        if not health.healthy:
-            raise DatabaseUnusable(
-                f"Replica {replica!r} of the new shard is not usable: {health.problem}. "
-                "Nothing was changed."
-            )
+    _check_new_aliases(primary, replicas, config.catalog)
+    _check_new_replicas(primary, replicas)
     tables = group_tables(group)
     _check_target_empty(primary, tables)
     strategy = base.strategy

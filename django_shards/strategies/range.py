@@ -138,7 +138,7 @@ class RangeLayout(Layout):
     ``locate`` bisects the finite lower bounds, precomputed here.
     """
 
-    __slots__ = ("intervals", "_starts", "_his", "_owners", "_shift", "_covered")
+    __slots__ = ("_covered", "_his", "_owners", "_shift", "_starts", "intervals")
 
     def __init__(self, intervals: Iterable[Sequence[Any]]) -> None:
         try:
@@ -400,29 +400,9 @@ class RangeStrategy(Strategy):
                 errors.append(_error(group, "E020", msg, hint))
             else:
                 bounds.append((rng[0], rng[1], spec.name))
-
-        kinds: dict[str, tuple[str, Any]] = {}
-        for lo, hi, name in bounds:
-            for value in (lo, hi):
-                if value is not None:
-                    kinds.setdefault(_bound_kind(value), (name, value))
-        if len(kinds) > 1:
-            examples = "; ".join(
-                f"shard {name!r} has {kind} {value!r}" for kind, (name, value) in kinds.items()
-            )
-            msg = f"RANGE bounds mix types that cannot be compared: {examples}."
-            hint = "Use one type for every bound of the group."
-            return [*errors, _error(group, "E023", msg, hint)]
-        if kinds:
-            ((kind, (name, value)),) = kinds.items()
-            try:
-                encode_bound(value)
-                sorted(v for lo, hi, _ in bounds for v in (lo, hi) if v is not None)
-            except TypeError as exc:
-                example = f"shard {name!r}: {value!r}"
-                msg = f"RANGE bounds of type {kind} ({example}) cannot be used: {exc}."
-                hint = "Use ints, strings, dates, datetimes, decimals or UUIDs."
-                return [*errors, _error(group, "E023", msg, hint)]
+        type_error = _bound_type_error(group, bounds)
+        if type_error is not None:
+            return [*errors, type_error]
 
         for lo, hi, name in bounds:
             if lo is not None and hi is not None and not lo < hi:
@@ -452,6 +432,33 @@ class RangeStrategy(Strategy):
             if reach is not None and (hi is None or hi > reach):
                 reach_lo, reach, reach_name = lo, hi, name
         return errors
+
+
+def _bound_type_error(group: GroupSettings, bounds: list[Interval]) -> CheckMessage | None:
+    """E023 when the bounds mix types that cannot be compared or stored."""
+    kinds: dict[str, tuple[str, Any]] = {}
+    for lo, hi, name in bounds:
+        for value in (lo, hi):
+            if value is not None:
+                kinds.setdefault(_bound_kind(value), (name, value))
+    if len(kinds) > 1:
+        examples = "; ".join(
+            f"shard {name!r} has {kind} {value!r}" for kind, (name, value) in kinds.items()
+        )
+        msg = f"RANGE bounds mix types that cannot be compared: {examples}."
+        hint = "Use one type for every bound of the group."
+        return _error(group, "E023", msg, hint)
+    if kinds:
+        ((kind, (name, value)),) = kinds.items()
+        try:
+            encode_bound(value)
+            sorted(v for lo, hi, _ in bounds for v in (lo, hi) if v is not None)
+        except TypeError as exc:
+            example = f"shard {name!r}: {value!r}"
+            msg = f"RANGE bounds of type {kind} ({example}) cannot be used: {exc}."
+            hint = "Use ints, strings, dates, datetimes, decimals or UUIDs."
+            return _error(group, "E023", msg, hint)
+    return None
 
 
 register_drawer(RangeLayout, "django_shards.strategies.range_svg.draw_range")

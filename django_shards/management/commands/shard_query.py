@@ -24,7 +24,7 @@ from django.db.models import QuerySet
 from django_shards.conf import get_config
 from django_shards.exceptions import FanoutError, ShardingError, UnknownShard
 from django_shards.fanout import get_executor
-from django_shards.keys import key_for_model
+from django_shards.keys import ShardKey, key_for_model
 from django_shards.management.commands._base import (
     EXIT_UNHEALTHY,
     ShardsCommand,
@@ -106,43 +106,11 @@ class Command(ShardsCommand):
     def run_orm(self, model: type[models.Model], options: dict[str, Any]) -> None:
         label = model._meta.label
         sk = key_for_model(model)
-        qs: QuerySet[Any, Any]
-        if sk is None:
-            if options["shard"]:
-                self.fail(f"--shard needs a sharded model; {label} is not sharded.")
-            qs = model._default_manager.all()
-        else:
-            sharded = getattr(model, sk.manager_name).all().fanout()  # the command fans out
-            if options["shard"]:
-                try:
-                    sharded = sharded.on_shard(options["shard"])
-                except UnknownShard as exc:
-                    self.fail(str(exc))
-            qs = sharded
-        for option in ("filter", "exclude"):
-            for item in options[option]:
-                lookup = dict([self.parse_lookup(option, item)])
-                try:
-                    qs = qs.filter(**lookup) if option == "filter" else qs.exclude(**lookup)
-                except BAD_INPUT_ERRORS as exc:
-                    self.fail(f"--{option} {item!r} does not fit {label}: {_reason(exc)}")
-        for name in options["order_by"]:
-            if name != "?" and not _FIELD_PATH.fullmatch(name.removeprefix("-")):
-                self.fail(f"--order-by {name!r} is not a field name (write field or -field).")
-            try:
-                qs.order_by(name)  # checks the name now, so the message can quote it
-            except BAD_INPUT_ERRORS as exc:
-                self.fail(f"--order-by {name!r} does not fit {label}: {_reason(exc)}")
-        if options["order_by"]:
-            qs = qs.order_by(*options["order_by"])
+        qs = self.base_queryset(model, sk, options["shard"])
+        qs = self.filtered(qs, label, options["filter"], options["exclude"])
+        qs = self.ordered(qs, label, options["order_by"])
         fields = options["values"] or []
-        for name in fields:
-            if not _FIELD_PATH.fullmatch(name):
-                self.fail(f"--values {name!r} is not a field name.")
-        try:
-            qs = qs.values(*fields)
-        except BAD_INPUT_ERRORS as exc:
-            self.fail(f"--values {' '.join(fields)} does not fit {label}: {_reason(exc)}")
+        qs = self.selected(qs, label, fields)
         if options["limit"] is not None:
             qs = qs[: self.parse_limit(options["limit"])]
         database = None if sk is not None else qs.db
@@ -162,6 +130,56 @@ class Command(ShardsCommand):
         )
         table = [tuple(row[c] for c in columns) for row in rows]
         self.write_rows(columns, table, options["format"])
+
+    def base_queryset(
+        self, model: type[models.Model], sk: ShardKey | None, shard: str | None
+    ) -> QuerySet[Any, Any]:
+        """Every row of ``model``: a sharded model's fan out (or stay on ``shard``)."""
+        if sk is None:
+            if shard:
+                self.fail(f"--shard needs a sharded model; {model._meta.label} is not sharded.")
+            return model._default_manager.all()
+        sharded = getattr(model, sk.manager_name).all().fanout()  # the command fans out
+        if shard:
+            try:
+                sharded = sharded.on_shard(shard)
+            except UnknownShard as exc:
+                self.fail(str(exc))
+        return sharded
+
+    def filtered(
+        self, qs: QuerySet[Any, Any], label: str, filters: list[str], excludes: list[str]
+    ) -> QuerySet[Any, Any]:
+        """``qs`` with the ``--filter`` and ``--exclude`` lookups, each checked."""
+        for option, items in (("filter", filters), ("exclude", excludes)):
+            for item in items:
+                lookup = dict([self.parse_lookup(option, item)])
+                try:
+                    qs = qs.filter(**lookup) if option == "filter" else qs.exclude(**lookup)
+                except BAD_INPUT_ERRORS as exc:
+                    self.fail(f"--{option} {item!r} does not fit {label}: {_reason(exc)}")
+        return qs
+
+    def ordered(self, qs: QuerySet[Any, Any], label: str, names: list[str]) -> QuerySet[Any, Any]:
+        """``qs`` ordered by ``--order-by``, each name checked."""
+        for name in names:
+            if name != "?" and not _FIELD_PATH.fullmatch(name.removeprefix("-")):
+                self.fail(f"--order-by {name!r} is not a field name (write field or -field).")
+            try:
+                qs.order_by(name)  # checks the name now, so the message can quote it
+            except BAD_INPUT_ERRORS as exc:
+                self.fail(f"--order-by {name!r} does not fit {label}: {_reason(exc)}")
+        return qs.order_by(*names) if names else qs
+
+    def selected(self, qs: QuerySet[Any, Any], label: str, fields: list[str]) -> QuerySet[Any, Any]:
+        """``qs.values(*fields)`` (every field when none is named), the names checked."""
+        for name in fields:
+            if not _FIELD_PATH.fullmatch(name):
+                self.fail(f"--values {name!r} is not a field name.")
+        try:
+            return qs.values(*fields)
+        except BAD_INPUT_ERRORS as exc:
+            self.fail(f"--values {' '.join(fields)} does not fit {label}: {_reason(exc)}")
 
     def parse_lookup(self, option: str, item: str) -> tuple[str, Any]:
         """``"score__in=1,2"`` -> ``("score__in", ["1", "2"])``: the value stays data."""
