@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   the example project on SQLite: migrate, seed, status, a split, a fan-out query
+#   make lint   ruff, and mypy with the django-stubs plugin
 #   make test   the whole suite: Django 5.2/Python 3.11 and Django 6.1/Python 3.12,
 #               each on SQLite and on real MariaDB primaries with GTID replicas
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,example]" tox ruff
+	$(BIN)/pip install -q -e ".[test,example,lint]" tox
 	touch $@
 
 demo: venv
@@ -43,9 +44,12 @@ test: venv mariadb-up browser
 test-fast: venv
 	$(BIN)/pytest -q -x
 
+# ruff over the package, the tests, the benchmarks and the example; mypy with the
+# django-stubs plugin over django_shards/ (its settings: [tool.mypy] in pyproject.toml)
 lint: venv
 	$(BIN)/ruff check django_shards tests benchmarks example_project
 	$(BIN)/ruff format --check django_shards tests benchmarks example_project
+	$(BIN)/mypy
 
 # benchmarks write benchmarks/results/*.json; the MariaDB ones (split, gtid and the
 # --backend mariadb runs) need `make mariadb-up` and `source $(MARIADB_DIR)/env` first
