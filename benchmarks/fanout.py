@@ -478,20 +478,22 @@ def measure_steps(loops: int) -> list[dict[str, Any]]:
 
     from django.db import close_old_connections, connections
 
-    from django_shards import merge
+    from django_shards import evaluation, merge
     from django_shards.conf import get_config
     from django_shards.fanout import get_executor
     from django_shards.routing import read_alias
     from tests.testapp.models import Author
 
     qs = Author.objects.all()
-    shards = qs._fanout_shards()
+    shards = qs._route()
     assert shards is not None
-    shard_qs, plan = merge.per_shard_rows(qs)
+    spec = evaluation.merge_spec(qs)
+    shard_qs, order_names = evaluation._per_shard_rows(qs, spec)
     targets = [(s, read_alias(s, None)) for s in shards]
     timeout = get_config().fanout_timeout_seconds
     executor = get_executor()
-    per_shard = [(alias, list(shard_qs.using(alias))) for _, alias in targets]
+    per_shard = [list(shard_qs.using(alias)) for _, alias in targets]
+    backend = merge.Backend.of(targets[0][1])
 
     def compile_all() -> None:
         for _, alias in targets:
@@ -510,8 +512,11 @@ def measure_steps(loops: int) -> list[dict[str, Any]]:
         list(shard_qs.using(targets[0][1]))
 
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("qs._fanout_shards()  [routing, config]", lambda: Author.objects.all()._fanout_shards()),
-        ("merge.per_shard_rows(qs)  [plan + clone]", lambda: merge.per_shard_rows(qs)),
+        ("qs._route()  [routing, config]", lambda: Author.objects.all()._route()),
+        (
+            "evaluation._per_shard_rows(qs, merge_spec(qs))  [plan + clone]",
+            lambda: evaluation._per_shard_rows(qs, evaluation.merge_spec(qs)),
+        ),
         (f"read_alias() x {len(shards)}", lambda: [read_alias(s, None) for s in shards]),
         (f"compile SQL x {len(shards)}  [.using(a) + as_sql]", compile_all),
         (
@@ -529,7 +534,7 @@ def measure_steps(loops: int) -> list[dict[str, Any]]:
         ),
         (
             f"merge.merge_rows({len(shards)} lists of 1 row)",
-            lambda: merge.merge_rows(qs, plan, per_shard),
+            lambda: merge.merge_rows(spec, order_names, per_shard, backend),
         ),
         ("one shard's query  [list(shard_qs.using(a))]", one_shard_query),
         (f"{len(shards)} shards' SQL executed raw, sequentially", execute_all_raw),
@@ -693,7 +698,7 @@ def measure_limit_memory(limit: int, rounds: int) -> dict[str, Any]:
     from tests.testapp.models import Reading
 
     names = _shard_names()
-    fan_peak, fan_rows = _peak(lambda: list(Reading.objects.order_by("-value")[:limit]))
+    fan_peak, _fan_rows = _peak(lambda: list(Reading.objects.order_by("-value")[:limit]))
     single_peaks = {
         name: _peak(lambda n=name: list(Reading.objects.on_shard(n).order_by("-value")[:limit]))[0]
         for name in names

@@ -692,9 +692,9 @@ def _breakdown(keys: Sequence[int], loops: int) -> list[dict[str, Any]]:
     from django_shards import context, routing
     from django_shards.conf import get_config
     from django_shards.keys import key_for_model
-    from django_shards.query import shards_from_where
     from django_shards.replicas import pool
     from django_shards.shardmap import get_map, registry
+    from django_shards.where import shards_from_where
     from tests.testapp.models import Author
 
     sk = key_for_model(Author)
@@ -729,7 +729,6 @@ def _breakdown(keys: Sequence[int], loops: int) -> list[dict[str, Any]]:
             lambda s: shard_map.shard_for_alias(s.replicas[-1]),
             shards,
         ),
-        ("qs._is_replica(replica)", lambda s: querysets[0]._is_replica(s.replicas[-1]), shards),
         ("qs.db  [whole routing]", lambda qs: qs.db, querysets),
     ]
     rows = []
