@@ -61,7 +61,7 @@ def test_sequence_overflow_borrows_the_next_millisecond():
 
 
 def test_node_id_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="0..1023"):
+    with pytest.raises(ValueError, match=r"0..1023"):
         SnowflakeGenerator(node_id=1024)
 
 
@@ -80,6 +80,6 @@ def test_field_sets_the_id_when_the_instance_is_made():
 
 
 def test_field_deconstructs_without_its_default():
-    name, path, args, kwargs = SnowflakeField(primary_key=True).deconstruct()
+    _name, path, _args, kwargs = SnowflakeField(primary_key=True).deconstruct()
     assert path == "django_shards.ids.SnowflakeField"
     assert kwargs == {"primary_key": True}

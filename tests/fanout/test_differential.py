@@ -279,7 +279,7 @@ row_ops = st.one_of(
 )
 
 
-def run_row_op(side: Side, qs, op: tuple) -> Any:
+def run_row_op(side: Side, qs, op: tuple) -> Any:  # noqa: C901 - a flat dispatch over the generated operations
     kind = op[0]
     if kind == "list":
         return list(qs)
@@ -1104,7 +1104,7 @@ def test_first_last_earliest_latest_match_the_twin(ds):
 
 @non_transactional
 def test_in_bulk_matches_the_twin(ds):
-    ids = ds.post_ids[::7] + [1, 2]  # ids across shards, and ids that exist nowhere
+    ids = [*ds.post_ids[::7], 1, 2]  # ids across shards, and ids that exist nowhere
     same(lambda s: s.post.objects.in_bulk(ids))
     same(lambda s: s.post.objects.filter(likes__gte=5).in_bulk(ids))
     same(lambda s: s.post.objects.in_bulk())
@@ -1346,7 +1346,7 @@ def assert_ran_on_replicas_in_workers(runs: list, count: int = 1) -> None:
 
 @transactional
 def test_committed_rows_fan_out_to_replicas_in_worker_threads(committed):
-    data, runs = committed
+    _data, runs = committed
     qs = Post.objects.filter(likes__gte=3).order_by("-likes", "id")
     got = list(qs)
     assert_ran_on_replicas_in_workers(runs)
@@ -1359,7 +1359,7 @@ def test_committed_rows_fan_out_to_replicas_in_worker_threads(committed):
 
 @transactional
 def test_committed_counts_aggregates_and_groups_on_replicas(committed):
-    data, runs = committed
+    _data, runs = committed
     checks = [
         lambda s: s.post.objects.filter(title__startswith="b").count(),
         lambda s: s.post.objects.aggregate(Sum("likes"), Count("id"), Min("created"), Max("likes")),
@@ -1408,7 +1408,7 @@ def test_committed_iterator_in_bulk_and_prefetch_on_replicas(committed):
 
 @transactional
 def test_committed_update_and_delete_fan_out_to_primaries(committed):
-    data, runs = committed
+    _data, runs = committed
     got, expected = sharded_vs_twin(lambda s: s.post.objects.filter(likes__gte=8).update(likes=0))
     assert got == expected
     assert {alias for _, alias, _ in runs} == set(PRIMARIES)

@@ -166,7 +166,7 @@ def test_an_alias_the_catalog_names_but_databases_lacks():
     assert "'s9'" in messages[0].msg and "primary of shard 's1'" in messages[0].msg
     assert "'s9_r1'" in messages[1].msg and "replica of shard 's1'" in messages[1].msg
 
-    with pytest.raises(ShardUnavailable, match="'s9'.*not in DATABASES.*E031"):
+    with pytest.raises(ShardUnavailable, match=r"'s9'.*not in DATABASES.*E031"):
         list(Event.objects.filter(account=1500))
     with pytest.raises(ShardUnavailable, match="'s9'"):
         Event.objects.create(account=1500, kind="open")

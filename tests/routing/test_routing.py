@@ -123,7 +123,7 @@ def test_for_key_and_on_shard_pin_the_queryset():
 
 
 def test_on_shard_with_unknown_name_is_a_clear_error():
-    with pytest.raises(UnknownShard, match="no shard named 'nope'.*s0, s1, s2, s3"):
+    with pytest.raises(UnknownShard, match=r"no shard named 'nope'.*s0, s1, s2, s3"):
         Author.objects.on_shard("nope")
 
 

@@ -19,7 +19,7 @@ def test_delete_cascades_to_posts_and_follows_on_the_same_shard():
     PostFactory.create_batch(3, author=a)
     Follow.objects.create(follower=a, followee=b)
     a_pk = a.pk
-    deleted, per_model = a.delete()
+    _deleted, per_model = a.delete()
     assert per_model == {"testapp.Post": 3, "testapp.Follow": 1, "testapp.Author": 1}
     assert Post.objects.filter(author_id=a_pk).count() == 0
     assert Follow.objects.filter(follower_id=a_pk).count() == 0
@@ -73,9 +73,9 @@ def test_get_or_create_and_update_or_create_with_the_key():
     assert created and post._state.db == shard_for(Author, a.pk).primary
     again, created = Post.objects.get_or_create(author=a, title="t")
     assert not created and again.pk == post.pk
-    upd, created = Post.objects.update_or_create(author=a, title="t", defaults={"likes": 9})
+    _upd, created = Post.objects.update_or_create(author=a, title="t", defaults={"likes": 9})
     assert not created and Post.objects.get(author=a, pk=post.pk).likes == 9
-    new, created = Author.objects.update_or_create(pk=12345, defaults={"email": "u@x.org"})
+    _new, created = Author.objects.update_or_create(pk=12345, defaults={"email": "u@x.org"})
     assert created and Author.objects.get(pk=12345).email == "u@x.org"
 
 

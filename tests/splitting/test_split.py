@@ -526,7 +526,7 @@ def test_modulo_group_is_refused_and_nothing_changes():
 @pytest.mark.parametrize("group", ["users", "metrics", "events"])
 def test_dry_run_prints_the_rows_that_move_and_changes_nothing(group):
     if group == "users":
-        ring, authors = make_users({"s0": 5, "s1": 40, "s2": 5, "s3": 5})
+        ring, _authors = make_users({"s0": 5, "s1": 40, "s2": 5, "s3": 5})
         new_ring = ring.split("s1", "s4")
         args = ["users", "s1"]
 
@@ -754,7 +754,7 @@ def test_abort_before_cutover_lifts_the_freeze_and_forgets_the_target(phases):
     mover = next(a for a in authors if new_ring.owner(a.pk) == "s4")
     before = snapshot("users")
     version = get_map("users").version
-    plan, runner = _start_job(phases)
+    _plan, _runner = _start_job(phases)
     registry.reset()
     assert get_map("users").version == version + 1  # the pending target
     with pytest.raises(ShardMoving):
@@ -791,7 +791,7 @@ def test_abort_after_cutover_is_refused_and_resume_finishes():
     new_ring = ring.split("s1", "s4")
     movers = {a.pk for a in authors if new_ring.owner(a.pk) == "s4"}
     version = get_map("users").version
-    _, runner = _start_job(("prepare", "freeze", "copy", "verify", "cutover"))
+    _, _runner = _start_job(("prepare", "freeze", "copy", "verify", "cutover"))
 
     message = split_fails("users", "s1", "--abort")
     assert "cut over" in message and "--resume" in message

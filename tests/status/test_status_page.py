@@ -12,6 +12,7 @@ screenshot (that is how the one in the docs was made).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -238,7 +239,7 @@ def test_each_strategy_is_drawn_from_its_layout(staff_client):
     events = svgs["events"]
     assert len([e for e in events.iter(f"{SVG}polygon") if has_class(e, "arrow")]) == 2
     bounds = [t.text for t in events.iter(f"{SVG}text") if has_class(t, "bound")]
-    assert bounds == ["−∞", "1000", "2000", "+∞"]
+    assert bounds == ["−∞", "1000", "2000", "+∞"]  # noqa: RUF001 - the look-alike character is the point of the test
     slots = [r for r in events.iter(f"{SVG}rect") if has_class(r, "slot")]
     assert [s.find(f"{SVG}title").text for s in slots] == [
         "s0: keys in [-inf, 1000)",
@@ -270,7 +271,7 @@ def test_ring_arcs_are_owned_by_the_token_that_ends_them():
     layout = RingLayout({name: shard_tokens(name, 16) for name in ("a", "b", "c")})
     arcs = ring_arcs(layout)
     assert arcs[0][0] < 0 and arcs[-1][1] == max(max(t) for t in layout.tokens.values())
-    for (_, end, _), (start, _, _) in zip(arcs, arcs[1:], strict=False):
+    for (_, end, _), (start, _, _) in itertools.pairwise(arcs):
         assert start == end  # contiguous: the arcs tile the ring once
     assert arcs[-1][1] - arcs[0][0] == RING
     for start, end, name in arcs:

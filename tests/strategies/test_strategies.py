@@ -761,7 +761,7 @@ def test_a_range_split_without_a_key_splits_at_the_median_key_stored() -> None:
 
 def test_a_range_split_of_an_empty_shard_needs_a_key() -> None:
     strategy, layout = int_range_layout()
-    with pytest.raises(SplitError, match="Shard 'b' holds no rows, .* pass --at KEY"):
+    with pytest.raises(SplitError, match=r"Shard 'b' holds no rows, .* pass --at KEY"):
         strategy.default_split_point(layout, "b", Stored(None))
 
 
