@@ -135,6 +135,9 @@ def test_shard_status_reports_the_catalog_and_check_fails() -> None:
         with pytest.raises(CommandError) as exited:
             call_command("shard_status", "--check", stdout=out, stderr=err)
         assert exited.value.returncode == 1
+        # callers written when --check called sys.exit(1) still see a SystemExit(1)
+        assert isinstance(exited.value, SystemExit)
+        assert exited.value.code == 1
         assert "catalog 'default' unreadable" in out.getvalue()
         out = io.StringIO()
         call_command("shard_status", "--json", stdout=out)  # exit 0 without --check

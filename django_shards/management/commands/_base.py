@@ -274,6 +274,24 @@ def _join_dash_values(args: list[str], options: Sequence[str], known: Iterable[s
     return out
 
 
+class Unhealthy(CommandError, SystemExit):
+    """``--check`` found something unhealthy: exit code 1 after the report.
+
+    A ``CommandError`` (``manage.py`` prints its sentence and exits with ``returncode``),
+    and a ``SystemExit`` with ``code`` 1 too, so code that calls
+    ``call_command("shard_status", "--check")`` and catches ``SystemExit``, as it did
+    when the command called ``sys.exit``, keeps working.
+    """
+
+    def __init__(self, message: str, returncode: int = EXIT_UNHEALTHY) -> None:
+        CommandError.__init__(self, message, returncode=returncode)
+        self.code = returncode
+
+
+# manage.py prints "<class name>: <sentence>": the same "CommandError: ..." as every command
+Unhealthy.__name__ = "CommandError"
+
+
 class ShardsCommand(BaseCommand):
     """Base of the django_shards commands: ``fail()``, the output formats, exit codes."""
 

@@ -20,8 +20,8 @@ from typing import Any
 from django.core.management.base import CommandParser
 
 from django_shards.management.commands._base import (
-    EXIT_UNHEALTHY,
     ShardsCommand,
+    Unhealthy,
     cell_text,
     format_columns,
     group_names,
@@ -64,10 +64,7 @@ class Command(ShardsCommand):
         else:
             self.write_status(status)
         if options["check"] and not status.healthy:
-            self.fail(
-                "Something is unhealthy: the report lists the problems.",
-                returncode=EXIT_UNHEALTHY,
-            )
+            raise Unhealthy("Something is unhealthy: the report lists the problems.")
 
     # -- the table -----------------------------------------------------------------------
 
