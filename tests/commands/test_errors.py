@@ -38,7 +38,8 @@ from django_shards.replicas import pool
 from django_shards.resharding import create_job, plan_split
 from django_shards.shardmap import get_map, registry, write_version
 from django_shards.views import status as status_view
-from tests.support.backend import MARIADB, wait_for_replicas
+from tests.support import backend
+from tests.support.backend import MARIADB, settings_changed, wait_for_replicas
 from tests.testapp.models import Author, Event, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -123,24 +124,11 @@ def forget_health() -> None:
 
 @contextlib.contextmanager
 def unreachable(*aliases: str) -> Iterator[None]:
-    """Point ``aliases`` at a database that cannot be opened (this thread's connections)."""
-    saved = {}
-    for alias in aliases:
-        conn = connections[alias]
-        saved[alias] = dict(conn.settings_dict)
-        conn.close()
-        if conn.vendor == "sqlite":
-            conn.settings_dict["NAME"] = f"/nonexistent-django-shards-dir/{alias}.sqlite3"
-        else:
-            conn.settings_dict.update(HOST="127.0.0.1", PORT=1)  # nothing listens there
+    """``aliases`` cannot be opened while inside; what probes learnt is forgotten after."""
     try:
-        yield
+        with backend.unreachable(*aliases):
+            yield
     finally:
-        for alias, settings_dict in saved.items():
-            conn = connections[alias]
-            conn.close()
-            conn.settings_dict.clear()
-            conn.settings_dict.update(settings_dict)
         forget_health()
 
 
@@ -433,17 +421,9 @@ def test_a_dead_shard_fails_shard_query_naming_it_and_saying_what_a_shell_user_c
 @pytest.mark.mariadb
 def test_no_password_in_any_message_when_a_login_is_refused():
     authors_on("s0", "s1")
-    conn = connections["s1"]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    conn.settings_dict["PASSWORD"] = PLANTED_PASSWORD  # Access denied
-    try:
+    with settings_changed("s1", PASSWORD=PLANTED_PASSWORD):  # Access denied
         message = refused(*SPLIT, "--dry-run")
-        assert "Access denied" in message and "(primary s1)" in message
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
+    assert "Access denied" in message and "(primary s1)" in message
 
 
 # -- bad input -------------------------------------------------------------------------------

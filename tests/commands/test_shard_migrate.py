@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 from django.db.migrations.loader import MigrationLoader
 
-from tests.support.backend import MARIADB
+from tests.support.backend import MARIADB, settings_changed
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -48,22 +48,6 @@ def applied(text: str) -> int:
     match = re.fullmatch(r"ok \((\d+) migrations? applied\)", text)
     assert match, text
     return int(match.group(1))
-
-
-@contextlib.contextmanager
-def settings_changed(alias: str, **changes):
-    """Point ``alias`` somewhere else for every thread (the settings dict is shared by the
-    connections of all threads), restoring it on exit."""
-    conn = connections[alias]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    conn.settings_dict.update(changes)
-    try:
-        yield
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ Row counts are asserted with ``--counts`` (exact); MariaDB's default estimates c
 the table statistics and may be off.
 """
 
-import contextlib
 import io
 import json
 import re
@@ -14,7 +13,6 @@ from collections import Counter
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connections
 
 from django_shards import shard_for
 from django_shards.conf import get_config
@@ -22,7 +20,7 @@ from django_shards.models import SplitJob
 from django_shards.shardmap import get_map, registry
 from django_shards.status import HOT_MIN_ROWS
 from tests.factories import AuthorFactory, PostFactory, ReadingFactory
-from tests.support.backend import MARIADB
+from tests.support.backend import MARIADB, settings_changed, unreachable
 from tests.testapp.models import Author, Event, Post, Reading
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -62,25 +60,6 @@ def make_events(accounts) -> list[Event]:
     """Events with these account numbers (EventFactory's sequence is left alone: another
     test module counts on it starting at 0)."""
     return Event.objects.bulk_create([Event(account=a, kind="open") for a in accounts])
-
-
-@contextlib.contextmanager
-def unreachable(alias: str):
-    """Make ``alias`` fail to connect, for real: a port nobody listens on (MariaDB) or a
-    file in a directory that does not exist (SQLite). Restored on exit."""
-    conn = connections[alias]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    if MARIADB:
-        conn.settings_dict["PORT"] = 1
-    else:
-        conn.settings_dict["NAME"] = "/nonexistent-dir/replica.sqlite3"
-    try:
-        yield
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
 
 
 # -- what the table and the JSON show -------------------------------------------------------
@@ -336,28 +315,19 @@ def test_no_password_is_printed_in_any_format_even_when_connections_fail():
     """The real password of every alias (MariaDB) and a planted one on an alias whose
     login then fails (MariaDB) or is ignored (SQLite) never reach the output."""
     planted = "pl4nted-Secret-9f2c"
-    conn = connections["s2_r1"]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    conn.settings_dict["PASSWORD"] = planted
-    try:
-        with unreachable("s1_r1"):
-            outputs = [
-                exit_code(*argv)[1]
-                for argv in (
-                    (),
-                    ("--counts",),
-                    ("--json",),
-                    ("--json", "--counts"),
-                    ("--check",),
-                    ("--json", "--check"),
-                    ("events", "--check"),
-                )
-            ]
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
+    with settings_changed("s2_r1", PASSWORD=planted), unreachable("s1_r1"):
+        outputs = [
+            exit_code(*argv)[1]
+            for argv in (
+                (),
+                ("--counts",),
+                ("--json",),
+                ("--json", "--counts"),
+                ("--check",),
+                ("--json", "--check"),
+                ("events", "--check"),
+            )
+        ]
     passwords = {planted} | {
         db["PASSWORD"] for db in settings.DATABASES.values() if db.get("PASSWORD")
     }

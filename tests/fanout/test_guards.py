@@ -31,6 +31,7 @@ from django_shards import context, shard_for
 from django_shards.conf import Shard
 from django_shards.exceptions import FanoutError, ShardingError, ShardKeyRequired
 from django_shards.replicas import pool
+from tests.support import backend
 from tests.support.backend import MARIADB, wait_for_replicas
 from tests.testapp.models import Author, Post, PostTwin
 
@@ -194,24 +195,11 @@ def test_deny_allows_a_query_naming_keys_on_several_shards():
 
 @contextlib.contextmanager
 def unreachable(*aliases: str) -> Iterator[None]:
-    """Point ``aliases`` at a database that does not exist (every thread's connections)."""
-    saved = {}
-    for alias in aliases:
-        conn = connections[alias]
-        saved[alias] = dict(conn.settings_dict)
-        conn.close()
-        if MARIADB:
-            conn.settings_dict["PORT"] = 1  # nothing listens there: connection refused
-        else:
-            conn.settings_dict["NAME"] = f"/nonexistent-dir/{alias}.sqlite3"
+    """``aliases`` cannot be opened while inside; replicas marked down are forgiven after."""
     try:
-        yield
+        with backend.unreachable(*aliases):
+            yield
     finally:
-        for alias, settings_dict in saved.items():
-            conn = connections[alias]
-            conn.close()
-            conn.settings_dict.clear()
-            conn.settings_dict.update(settings_dict)
         pool.reset()
 
 

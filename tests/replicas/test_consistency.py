@@ -15,7 +15,7 @@ from django_shards import context, shard_for
 from django_shards.conf import Shard
 from django_shards.middleware import COOKIE_NAME
 from django_shards.replicas import pool
-from tests.support.backend import MARIADB, wait_for_replicas
+from tests.support.backend import unreachable, wait_for_replicas
 from tests.testapp.models import Author, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -138,24 +138,13 @@ def test_async_orm_calls_route_like_their_sync_twins():
 def test_failed_replica_is_skipped_and_the_read_still_answers():
     a, shard = committed_author()
     replica = shard.replicas[0]
-    conn = connections[replica]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    if MARIADB:
-        conn.settings_dict["PORT"] = 1  # nothing listens there: connection refused
-    else:
-        conn.settings_dict["NAME"] = "/nonexistent-dir/replica.sqlite3"
-    try:
+    with unreachable(replica):
         got = Author.objects.get(pk=a.pk)
         assert got.email == "c@x.org"
         assert got._state.db == shard.primary
         assert pool.is_down(replica)
         # while it cools down the replica is not tried again
         assert Author.objects.eventual().get(pk=a.pk)._state.db == shard.primary
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
     pool.reset()  # the cool-down is over
     assert Author.objects.get(pk=a.pk)._state.db == replica
 
@@ -208,14 +197,7 @@ def test_unreachable_primary_raises_shard_unavailable_naming_it():
     from django_shards.exceptions import ShardUnavailable
 
     a, shard = committed_author()
-    conn = connections[shard.primary]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    if MARIADB:
-        conn.settings_dict["PORT"] = 1
-    else:
-        conn.settings_dict["NAME"] = "/nonexistent-dir/primary.sqlite3"
-    try:
+    with unreachable(shard.primary):
         with pytest.raises(ShardUnavailable, match=repr(shard.primary)) as info:
             Author.objects.strong().get(pk=a.pk)
         assert isinstance(info.value, OperationalError)  # code catching it before still does
@@ -226,7 +208,3 @@ def test_unreachable_primary_raises_shard_unavailable_naming_it():
             Author.objects.filter(pk=a.pk).update(name="x")
         # eventual reads still answer from the replica
         assert Author.objects.eventual().get(pk=a.pk).email == "c@x.org"
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)

@@ -11,7 +11,6 @@ screenshot (that is how the one in the docs was made).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -38,7 +37,7 @@ from django_shards.strategies.consistent_hash import RING, RingLayout, shard_tok
 from django_shards.strategies.consistent_hash_svg import ring_arcs
 from django_shards.strategies.range import RangeLayout, RangeStrategy
 from django_shards.svg import BAR_Y, Canvas, Drawing, el
-from tests.support.backend import MARIADB
+from tests.support.backend import MARIADB, unreachable
 from tests.testapp.models import Author, Event, Follow, LegacyCode, Post, Reading
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -75,25 +74,6 @@ def shard_groups(svg: ET.Element) -> dict[str, ET.Element]:
 def health_mark(svg: ET.Element, alias: str) -> ET.Element:
     (mark,) = [el for el in svg.iter() if el.get("data-alias") == alias]
     return mark
-
-
-@contextlib.contextmanager
-def unreachable(alias: str):
-    """``alias`` really unreachable while inside: a missing file on SQLite, a closed port
-    on MariaDB. Its settings are restored after."""
-    conn = connections[alias]
-    saved = dict(conn.settings_dict)
-    conn.close()
-    if MARIADB:
-        conn.settings_dict["PORT"] = 1  # nothing listens there: connection refused
-    else:
-        conn.settings_dict["NAME"] = "/nonexistent-dir/replica.sqlite3"
-    try:
-        yield
-    finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
 
 
 @pytest.fixture

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 from django.conf import settings
 from django.db import connections
 
@@ -29,3 +33,33 @@ def wait_for_replicas(timeout: float = 10.0) -> None:
                     cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", [pos, timeout])
                     (result,) = cur.fetchone()
                 assert result == 0, f"replica {replica} did not catch up with {pos}"
+
+
+@contextlib.contextmanager
+def settings_changed(alias: str, **changes: Any) -> Iterator[None]:
+    """Point ``alias`` somewhere else for every thread (the settings dict is shared by the
+    connections of all threads), restoring it on exit."""
+    conn = connections[alias]
+    saved = dict(conn.settings_dict)
+    conn.close()
+    conn.settings_dict.update(changes)
+    try:
+        yield
+    finally:
+        conn.close()
+        conn.settings_dict.clear()
+        conn.settings_dict.update(saved)
+
+
+@contextlib.contextmanager
+def unreachable(*aliases: str) -> Iterator[None]:
+    """Make ``aliases`` fail to connect, for real, while inside: a port nobody listens on
+    (MariaDB: connection refused) or a file in a directory that does not exist (SQLite)."""
+    with contextlib.ExitStack() as stack:
+        for alias in aliases:
+            if MARIADB:
+                stack.enter_context(settings_changed(alias, HOST="127.0.0.1", PORT=1))
+            else:
+                name = f"/nonexistent-django-shards-dir/{alias}.sqlite3"
+                stack.enter_context(settings_changed(alias, NAME=name))
+        yield
