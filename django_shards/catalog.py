@@ -14,9 +14,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from django.apps import apps as global_apps
 from django.db import IntegrityError, connections, router, transaction
 
 from django_shards.conf import BUILTIN_STRATEGIES, GroupSettings, get_config
+from django_shards.models import ShardMapVersion
 from django_shards.shardmap import ShardMap, map_from_row, map_from_settings, version_fields
 
 logger = logging.getLogger("django_shards")
@@ -44,7 +46,7 @@ def record_initial_versions(*, using: str, apps: Any = None, **kwargs: Any) -> N
         )
         return
     try:
-        model = (apps or _global_apps()).get_model("django_shards", "ShardMapVersion")
+        model = (apps or global_apps).get_model("django_shards", "ShardMapVersion")
     except LookupError:  # migrated backwards past the table
         return
     if "options" not in {f.name for f in model._meta.get_fields()}:
@@ -70,19 +72,11 @@ def record_initial_versions(*, using: str, apps: Any = None, **kwargs: Any) -> N
             pass  # another process's migrate recorded it first: theirs stands
 
 
-def _global_apps() -> Any:
-    from django.apps import apps
-
-    return apps
-
-
 def stored_versions(group: str) -> tuple[Any, Any]:
     """``(version 1 row, latest row)`` of ``group`` in the catalog; either may be None.
 
     Raises ``DatabaseError`` when the catalog cannot be read (tables missing included).
     """
-    from django_shards.models import ShardMapVersion
-
     rows = ShardMapVersion.objects.using(get_config().catalog).filter(group=group)
     return rows.filter(version=1).first(), rows.order_by("-version").first()
 
@@ -155,8 +149,6 @@ def settings_disagreement(settings_group: GroupSettings) -> tuple[int, list[str]
 def missing_aliases(databases: Mapping[str, Any]) -> dict[str, list[tuple[str, str, str]]]:
     """alias -> [(group, shard, role)] for aliases the catalog's current maps name but
     ``databases`` lacks. Raises ``DatabaseError`` when the catalog cannot be read."""
-    from django_shards.models import ShardMapVersion
-
     out: dict[str, list[tuple[str, str, str]]] = {}
     rows = ShardMapVersion.objects.using(get_config().catalog)
     for group in sorted(set(rows.values_list("group", flat=True))):

@@ -18,6 +18,7 @@ from django.db.models.signals import post_init, post_save, pre_save
 
 from django_shards.exceptions import NoShardForKey, ShardKeyChanged
 from django_shards.keys import ShardKey, key_for_model
+from django_shards.shardmap import get_map
 
 #: the key of an instance whose key field was not loaded (deferred)
 UNKNOWN: Any = object()
@@ -55,8 +56,6 @@ def check_unchanged(sk: ShardKey, instance: models.Model) -> None:
         return
     # the key was loaded after the instance (a deferred field): judge by the shard it was
     # read from, which is all that can be known
-    from django_shards.shardmap import get_map
-
     shard_map = get_map(sk.group)
     loaded_from = shard_map.shard_for_alias(instance._state.db)
     if loaded_from is not None and _shard_name(sk, new) != loaded_from.name:
@@ -79,8 +78,6 @@ def normalized(sk: ShardKey, value: Any) -> Any:
 
 
 def _shard_name(sk: ShardKey, key: Any) -> str | None:
-    from django_shards.shardmap import get_map
-
     if key is None:
         return None
     try:
