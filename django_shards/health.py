@@ -56,6 +56,15 @@ _SERVER = "CONCAT_WS(':', @@hostname, @@port, @@server_id)"
 _ER_SPECIFIC_ACCESS_DENIED = 1227
 
 
+#: the error of an alias that the shard map names but ``DATABASES`` lacks (check E031)
+NOT_IN_DATABASES = "not in DATABASES"
+
+
+def is_configured(alias: str) -> bool:
+    """True when ``alias`` is a key of ``DATABASES`` (as this process's connections see it)."""
+    return alias in connections.settings
+
+
 @dataclass(frozen=True)
 class AliasHealth:
     """What one probe of one database alias found."""
@@ -72,6 +81,7 @@ class AliasHealth:
     elapsed_ms: float = 0.0
     checked_at: float = 0.0  # time.monotonic()
     lag_error: str | None = None  # replicas: why the lag is unknown (None: known, or SQLite)
+    configured: bool = True  # False: the shard map names the alias, DATABASES lacks it
 
     @property
     def healthy(self) -> bool:
@@ -90,6 +100,8 @@ class AliasHealth:
     @property
     def problem(self) -> str | None:
         """A short sentence saying what is wrong, or None when healthy."""
+        if not self.configured:
+            return f"{NOT_IN_DATABASES} (the shard map names it; add it to settings.DATABASES)"
         if not self.reachable:
             return f"unreachable: {self.error}"
         if self.role == "primary":
@@ -234,13 +246,14 @@ class HealthMonitor:
         before its lag is judged (default: a short wait, only when its lag is not already
         known to be fine). Deliberate checks (a split's new replicas) pass more."""
         started = time.perf_counter()
-        if alias not in connections.settings:
+        if not is_configured(alias):
             return AliasHealth(
                 alias,
                 role,
                 False,
-                error="not in DATABASES (the shard map names it; see check E031)",
+                error=NOT_IN_DATABASES,
                 checked_at=time.monotonic(),
+                configured=False,
             )
         conn = connections[alias]
         try:

@@ -21,7 +21,7 @@ from django.utils.connection import ConnectionDoesNotExist
 
 from django_shards.conf import get_config
 from django_shards.exceptions import ShardUnavailable, SplitError
-from django_shards.health import AliasHealth, monitor
+from django_shards.health import AliasHealth, is_configured, monitor
 from django_shards.keys import ShardKey, sharded_models
 from django_shards.resharding.plan import default_split_point
 from django_shards.shardmap import (
@@ -36,29 +36,6 @@ from django_shards.shardmap import (
 HOT_FACTOR = 1.5
 #: ... and holds at least this many rows (below it, imbalance is noise)
 HOT_MIN_ROWS = 1000
-
-
-#: what an alias that ``DATABASES`` lacks is, as its health's ``error``
-NOT_IN_DATABASES = "not in DATABASES"
-
-
-@dataclass(frozen=True)
-class UnconfiguredAlias(AliasHealth):
-    """The health of an alias that the shard map names but ``DATABASES`` lacks: never
-    reachable, so never healthy."""
-
-    @property
-    def problem(self) -> str:
-        return f"{NOT_IN_DATABASES} (the shard map names it; add it to settings.DATABASES)"
-
-
-def is_configured(alias: str) -> bool:
-    """True when ``alias`` is a key of ``DATABASES`` (as this process's connections see it)."""
-    try:
-        connections[alias]
-    except ConnectionDoesNotExist:
-        return False
-    return True
 
 
 @dataclass
@@ -236,10 +213,7 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
     def _probe(alias: str, role: str) -> AliasHealth:
         """Each alias is probed once per status, however many groups it serves."""
         if (alias, role) not in probes:
-            if is_configured(alias):
-                probes[alias, role] = monitor.get(alias, role, max_age=0)
-            else:
-                probes[alias, role] = UnconfiguredAlias(alias, role, False, error=NOT_IN_DATABASES)
+            probes[alias, role] = monitor.get(alias, role, max_age=0)
         return probes[alias, role]
 
     by_group: dict[str, list[ShardKey]] = {}

@@ -15,7 +15,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from django_shards.conf import get_config
 from django_shards.exceptions import SplitError
-from django_shards.health import probe
+from django_shards.health import is_configured, probe
 from django_shards.management.commands._base import (
     EXIT_UNHEALTHY,
     ShardsCommand,
@@ -46,7 +46,6 @@ from django_shards.resharding.progress import (
     TargetNotEmptied,
 )
 from django_shards.shardmap import registry
-from django_shards.status import is_configured
 
 
 class Command(ShardsCommand):
