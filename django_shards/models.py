@@ -34,13 +34,19 @@ class ShardMapVersion(models.Model):
 
 class SplitJob(models.Model):
     """One shard split, from plan to clean-up. Every phase is recorded here so a split
-    can resume after a crash (``shard_split --resume``) or be aborted before cutover."""
+    can resume after a crash (``shard_split --resume``) or be aborted before cutover.
+
+    Online (MariaDB): ``planned, prepared, copying, catching_up, frozen, verified,
+    cut_over, cleaned, done``. Frozen copy (SQLite, or no ``OPERATOR`` account):
+    ``planned, prepared, frozen, copying, verified, cut_over, cleaned, done``.
+    """
 
     class Phase(models.TextChoices):
         PLANNED = "planned"
         PREPARED = "prepared"  # target registered as pending, tables created
+        COPYING = "copying"  # rows being copied (online: from a snapshot, writes go on)
+        CATCHING_UP = "catching_up"  # online: the source's binlog applied to the target
         FROZEN = "frozen"  # moving keys frozen: writes to them raise ShardMoving
-        COPIED = "copied"
         VERIFIED = "verified"
         CUT_OVER = "cut_over"  # new map version written, freeze lifted
         CLEANED = "cleaned"  # moved rows deleted from the source
@@ -50,8 +56,9 @@ class SplitJob(models.Model):
     ACTIVE_PHASES = (
         Phase.PLANNED,
         Phase.PREPARED,
+        Phase.COPYING,
+        Phase.CATCHING_UP,
         Phase.FROZEN,
-        Phase.COPIED,
         Phase.VERIFIED,
         Phase.CUT_OVER,
         Phase.CLEANED,

@@ -221,8 +221,8 @@ class SplitRunner:
         steps: dict[str, Callable[[], None]] = {
             Phase.PLANNED: self.prepare,
             Phase.PREPARED: self.freeze,
-            Phase.FROZEN: self.copy,
-            Phase.COPIED: self.verify,
+            Phase.FROZEN: self.start_copy,
+            Phase.COPYING: self.copy_and_verify,
             Phase.VERIFIED: self.cutover,
             Phase.CUT_OVER: self.cleanup,
             Phase.CLEANED: self.finish,
@@ -295,6 +295,14 @@ class SplitRunner:
         self._wait_lease("copy")
         self._advance(Phase.FROZEN)
 
+    def start_copy(self) -> None:
+        self._advance(Phase.COPYING)
+
+    def copy_and_verify(self) -> None:
+        self.copy()
+        self._reached("copied")
+        self.verify()
+
     def copy(self) -> None:
         conn = connections[self.target.primary]
         q = conn.ops.quote_name
@@ -323,7 +331,6 @@ class SplitRunner:
                     self._reached(f"copy {spec.label}")
             elapsed = time.monotonic() - started
             self._record_copy(spec.label, after=after, rows=copied, complete=True, seconds=elapsed)
-        self._advance(Phase.COPIED)
 
     def _record_copy(self, label: str, **state: Any) -> None:
         progress = dict(self.job.progress)
@@ -446,7 +453,14 @@ def abort(job: SplitJob, report: Report = ignore) -> SplitJob:
     on the split elsewhere stops at its next step, and a cutover cannot slip in between.
     """
     catalog = _catalog()
-    before_cutover = (Phase.PLANNED, Phase.PREPARED, Phase.FROZEN, Phase.COPIED, Phase.VERIFIED)
+    before_cutover = (
+        Phase.PLANNED,
+        Phase.PREPARED,
+        Phase.COPYING,
+        Phase.CATCHING_UP,
+        Phase.FROZEN,
+        Phase.VERIFIED,
+    )
     with transaction.atomic(using=catalog):
         changed = (
             SplitJob.objects.using(catalog)

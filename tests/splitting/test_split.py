@@ -368,8 +368,8 @@ SPLIT_LINES = [
     r"phase: prepared",
     r"waiting \d+\.\ds \(one map lease\) so every process sees the freeze",
     r"phase: frozen",
+    r"phase: copying",
     r"copy testapp\.Author: \d+ rows \(up to pk \d+\)",  # the first batch, then one each 5 s
-    r"phase: copied",
     r"verify testapp\.Author: \d+ rows in \d+ batches",
     r"verify testapp\.Follow: \d+ rows in \d+ batches",
     r"verify testapp\.Post: \d+ rows in \d+ batches",

@@ -257,9 +257,9 @@ KILL_POINTS: dict[str, tuple[str, str, Callable[[SplitJob], bool]]] = {
     # in freeze: the freeze recorded, its lease not yet waited out
     "prepared": ("freeze recorded", "prepared", lambda job: job.frozen),
     "frozen": ("frozen", "frozen", lambda job: job.frozen and not job.progress.get("copy")),
-    "copying": ("copy testapp.Post", "frozen", copying_the_last_table),
-    "copying the first table": ("copy testapp.Author", "frozen", copying_the_first_table),
-    "copied": ("copied", "copied", lambda job: job.frozen),
+    "copying": ("copy testapp.Post", "copying", copying_the_last_table),
+    "copying the first table": ("copy testapp.Author", "copying", copying_the_first_table),
+    "copied": ("copied", "copying", lambda job: job.frozen),
     "verified": ("verified", "verified", lambda job: job.frozen),
     "cut_over": ("cut_over", "cut_over", lambda job: not job.progress.get("cleanup")),
     # mid-clean-up: a batch of the first table cleaned up (children first: Post)
