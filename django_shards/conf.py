@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -44,7 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "FANOUT_TIMEOUT_SECONDS": 30.0,
     "MAP_LEASE_SECONDS": 1.0,
     "NODE_ID": None,
+    "OPERATOR": None,
 }
+
+#: the keys of ``DJANGO_SHARDS["OPERATOR"]``: the account for work beyond the app's rights
+OPERATOR_KEYS = ("USER", "PASSWORD", "REPLICATION_USER", "REPLICATION_PASSWORD")
 
 BUILTIN_STRATEGIES: dict[str, str] = {
     "range": "django_shards.strategies.range.RangeStrategy",
@@ -100,6 +104,18 @@ class GroupSettings:
 
 
 @dataclass(frozen=True)
+class OperatorSettings:
+    """``DJANGO_SHARDS["OPERATOR"]``: the account used for binlog streams, promotion and
+    ``CHANGE MASTER TO``, at the same host and port as each alias. The passwords stay out
+    of ``repr()``."""
+
+    user: str
+    password: str = field(default="", repr=False)
+    replication_user: str | None = None
+    replication_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class ShardsSettings:
     """The parsed settings; every field comes from :func:`parse` (defaults: :data:`DEFAULTS`)."""
 
@@ -119,6 +135,8 @@ class ShardsSettings:
     primaries: Mapping[str, frozenset[str]]
     #: every replica alias of the settings
     replicas: frozenset[str]
+    #: ``OPERATOR``, or None when it is not configured
+    operator: OperatorSettings | None = None
 
 
 def user_settings() -> Any:
@@ -157,6 +175,24 @@ def _parse_shard(raw: Mapping[str, Any]) -> ShardSettings:
     )
 
 
+def _parse_operator(raw: Any) -> OperatorSettings | None:
+    """``OPERATOR``; the errors name keys, never values (they hold passwords)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise TypeError("OPERATOR must be a dict")
+    if any(not isinstance(raw.get(key, ""), str) for key in OPERATOR_KEYS):
+        raise TypeError("OPERATOR's values must be strings")
+    if "USER" not in raw or "PASSWORD" not in raw:
+        raise KeyError("OPERATOR needs USER and PASSWORD")
+    return OperatorSettings(
+        user=raw["USER"],
+        password=raw["PASSWORD"],
+        replication_user=raw.get("REPLICATION_USER"),
+        replication_password=raw.get("REPLICATION_PASSWORD"),
+    )
+
+
 def parse(raw: Mapping[str, Any]) -> ShardsSettings:
     """Parse merged settings. Raises ``ImproperlyConfigured`` on malformed structure."""
     try:
@@ -190,6 +226,7 @@ def parse(raw: Mapping[str, Any]) -> ShardsSettings:
             node_id=None if node_id is None else int(node_id),
             primaries={alias: frozenset(g) for alias, g in primaries.items()},
             replicas=frozenset(replicas),
+            operator=_parse_operator(raw.get("OPERATOR")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ImproperlyConfigured(

@@ -137,5 +137,13 @@ DJANGO_SHARDS = {
     "MAP_LEASE_SECONDS": 1.0,
 }
 
+# the operator account of the topology (binlog streams of the online split), from its env
+# file; the topology has no separate replication account for the app to use
+if SHARDS_DB == "mariadb" and env.str("SHARDS_OPERATOR_USER", default=""):
+    DJANGO_SHARDS["OPERATOR"] = {
+        "USER": env.str("SHARDS_OPERATOR_USER"),
+        "PASSWORD": env.str("SHARDS_OPERATOR_PASSWORD", default=""),
+    }
+
 STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

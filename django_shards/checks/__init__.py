@@ -1,7 +1,8 @@
 """System checks: every configuration check of django_shards, in this package.
 
 - :mod:`.settings` (tag ``django_shards``): ``DJANGO_SHARDS`` and ``DATABASES``, through
-  :mod:`.groups` (groups, shards, strategies) and :mod:`.databases` (aliases, router);
+  :mod:`.groups` (groups, shards, strategies), :mod:`.databases` (aliases, router) and
+  :mod:`.operator` (``OPERATOR``, E016);
 - :mod:`.models` (tag ``models``): sharded models and relations across databases;
 - :mod:`.catalog` (tag ``database``): E030, E031, the only checks that read a database.
 

@@ -27,13 +27,14 @@ from django_shards.checks.messages import (
     type_name,
     warning,
 )
+from django_shards.checks.operator import check_operator
 
 
 @register(TAG)
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """E001-E010, W001-W003 and the strategies' own checks. Reads settings only."""
+    """E001-E010, E016, W001-W003 and the strategies' own checks. Reads settings only."""
     raw = conf.merged_settings()
     if raw is None:
         return [
@@ -54,6 +55,7 @@ def check_settings(
     messages += check_catalog_alias(raw["CATALOG"], entries, databases)
     messages += check_router(raw["GROUPS"])
     messages += check_gtid(raw["READ_YOUR_WRITES"], entries, databases)
+    messages += check_operator(raw["OPERATOR"])
     return messages
 
 

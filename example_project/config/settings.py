@@ -7,7 +7,9 @@ Two topologies, chosen by the environment (or ``example_project/.env``):
   shards ``u0`` .. ``u3``, and each replica alias ``uN_r1`` reads its shard's file.
 - ``DATABASE_URL`` set: the MariaDB topology, with the URLs that
   ``scripts/mariadb-topology env`` exports (``S0_URL``, ``S0_R1_URL``, ...): real primaries
-  and GTID replicas. ``mysqlclient`` must be installed (``pip install -e ".[mysql]"``).
+  and GTID replicas, and ``SHARDS_OPERATOR_USER``/``SHARDS_OPERATOR_PASSWORD`` for
+  ``DJANGO_SHARDS["OPERATOR"]``. ``mysqlclient`` and ``mysql-replication`` must be
+  installed (``pip install -e ".[mysql]"``).
 
 Either way ``u4`` (with ``u4_r1``) is a spare primary, in no group until a split uses it.
 """
@@ -118,6 +120,14 @@ DJANGO_SHARDS = {
     "READ_CONSISTENCY": "eventual",
     "PIN_AFTER_WRITE_SECONDS": 2.0,
 }
+
+# MariaDB: the operator account (the online split's binlog stream), from the environment
+# that `scripts/mariadb-topology env` exports; never written in settings
+if env.str("DATABASE_URL", default="") and env.str("SHARDS_OPERATOR_USER", default=""):
+    DJANGO_SHARDS["OPERATOR"] = {
+        "USER": env.str("SHARDS_OPERATOR_USER"),
+        "PASSWORD": env.str("SHARDS_OPERATOR_PASSWORD", default=""),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
