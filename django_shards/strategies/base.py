@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
+    from django.db.models import Q
 
     from django_shards.conf import GroupSettings, ShardSettings
 
@@ -110,6 +111,19 @@ class Strategy(abc.ABC):
         """Shards whose points may hold keys in the interval (None = unbounded).
 
         ``None`` means the strategy cannot prune ranges (every shard may hold them).
+        """
+        return None
+
+    def ownership_q(self, layout: Layout, shard: str, field: str) -> Q | None:
+        """A ``Q`` selecting exactly the rows whose key (the model field or attname
+        ``field``, e.g. ``"id"`` or ``"author_id"``) this strategy places on ``shard`` in
+        ``layout``; ``Q()`` when the shard owns every key, a Q matching nothing when it owns
+        none. It compiles on MariaDB/MySQL and SQLite.
+
+        A split selects the moving rows with it, and a fan-out filters the rows a shard
+        still holds after a cutover but no longer owns. None (the default): this strategy
+        cannot say in SQL, and fan-outs between a split's cutover and the end of its
+        clean-up may then count the moved rows twice.
         """
         return None
 

@@ -19,10 +19,13 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
+from django.db.models.functions import SHA1
 
 from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
 from django_shards.strategies.base import Layout, Strategy, canonical_text, register_drawer
+from django_shards.strategies.ownership import hex_intervals_q, key_text
 
 try:  # CPython's own SHA-1 beats OpenSSL's on short keys (no context copy); same digest.
     from _sha1 import sha1
@@ -98,6 +101,19 @@ class RingLayout(Layout):
     def shard_names(self) -> tuple[str, ...]:
         return tuple(self.tokens)
 
+    def owned_arcs(self, name: str) -> list[tuple[int, int]]:
+        """The points shard ``name`` owns, as sorted intervals ``[lo, hi)`` of
+        ``[0, 2**160)``: token t owns ``[previous token, t)`` (a point belongs to the first
+        token strictly above it), the first token also ``[last token, 2**160)``."""
+        ring, owners = self._tokens, self._owners
+        if not ring:
+            return []
+        arcs = [(0, ring[0])] if owners[0] == name else []
+        arcs += [(ring[i - 1], ring[i]) for i in range(1, len(ring)) if owners[i] == name]
+        if owners[0] == name:
+            arcs.append((ring[-1], RING))
+        return [(lo, hi) for lo, hi in arcs if lo < hi]
+
     def arcs(self) -> dict[str, int]:
         """Length of ring each shard owns: for each token, the arc from the previous token."""
         owned = dict.fromkeys(self.tokens, 0)
@@ -164,6 +180,13 @@ class ConsistentHashStrategy(Strategy):
 
     def locate(self, layout: Layout, point: Any) -> str:
         return layout.locate(point)  # type: ignore[attr-defined]
+
+    def ownership_q(self, layout: Layout, shard: str, field: str) -> Q:
+        """``SHA1(CAST(field AS CHAR))`` (the point as 40 lowercase hex digits) within one
+        of ``shard``'s arcs, adjacent arcs joined, bounds written as 40-digit hex."""
+        assert isinstance(layout, RingLayout)
+        point = SHA1(key_text(field))
+        return hex_intervals_q(point, layout.owned_arcs(shard), width=40, space=RING, field=field)
 
     def split(self, layout: Layout, source: str, target: str, at: Any = None) -> RingLayout:
         """``target`` takes every other token of ``source`` (odd positions in ring order).

@@ -19,10 +19,13 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
+from django.db.models.functions import MD5, Left
 
 from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
 from django_shards.strategies.base import Layout, Strategy, canonical_text, register_drawer
+from django_shards.strategies.ownership import hex_intervals_q, key_text
 
 try:  # CPython's own MD5 is about twice as fast as OpenSSL's on short keys; same digest.
     from _md5 import md5
@@ -157,6 +160,14 @@ class HashStrategy(Strategy):
         if 0 <= point < SPACE:
             return layout._owners[bisect_right(layout._starts, point) - 1]  # type: ignore[attr-defined]
         raise NoShardForKey(f"point {point!r} is outside the 64-bit hash space")
+
+    def ownership_q(self, layout: Layout, shard: str, field: str) -> Q:
+        """``LEFT(MD5(CAST(field AS CHAR)), 16)`` (the point as 16 lowercase hex digits)
+        within one of ``shard``'s intervals, their bounds written the same way."""
+        assert isinstance(layout, HashLayout)
+        point = Left(MD5(key_text(field)), 16)
+        owned = [(lo, hi) for lo, hi, name in layout.intervals if name == shard]
+        return hex_intervals_q(point, owned, width=16, space=SPACE, field=field)
 
     def split(self, layout: Layout, source: str, target: str, at: Any = None) -> HashLayout:
         """``target`` takes the upper half of ``source``'s largest interval.

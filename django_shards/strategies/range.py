@@ -18,6 +18,8 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import F, Q
+from django.db.models.lookups import GreaterThanOrEqual, LessThan
 
 from django_shards.conf import DOCS_URL, GroupSettings, ShardSettings
 from django_shards.exceptions import NoShardForKey, SplitError
@@ -28,6 +30,7 @@ from django_shards.strategies.base import (
     canonical_key,
     register_drawer,
 )
+from django_shards.strategies.ownership import CodePointOrder, merged, nothing_q
 
 __all__ = ["RangeLayout", "RangeStrategy", "decode_bound", "encode_bound"]
 
@@ -317,6 +320,27 @@ class RangeStrategy(Strategy):
             return names
         except TypeError:
             return None
+
+    def ownership_q(self, layout: Layout, shard: str, field: str) -> Q:
+        """``lo <= field < hi`` for each of ``shard``'s intervals (adjacent ones joined),
+        ORed; an unbounded end gives no comparison. String bounds compare by code point,
+        as Python orders them (not by the column's collation)."""
+        assert isinstance(layout, RangeLayout)
+        parts = merged((lo, hi) for lo, hi, name in layout.intervals if name == shard)
+        if not parts:
+            return nothing_q(field)
+        q = Q()
+        for lo, hi in parts:
+            part = Q()
+            for bound, lookup in ((lo, GreaterThanOrEqual), (hi, LessThan)):
+                if bound is None:
+                    continue
+                key = CodePointOrder(F(field)) if isinstance(bound, str) else F(field)
+                part &= Q(lookup(key, bound))
+            if not part:  # unbounded both ways: every key
+                return Q()
+            q |= part
+        return q
 
     def split(self, layout: Layout, source: str, target: str, at: Any = None) -> RangeLayout:
         """``target`` takes ``[at, hi)`` of ``source``'s interval; ``source`` keeps ``[lo, at)``.
