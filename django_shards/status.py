@@ -13,6 +13,7 @@ a problem of that alias or of the catalog, with the rest of the report intact.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -276,18 +277,7 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
         except CatalogUnreadable as exc:
             found = []
             catalog_error = catalog_error or str(exc)
-        jobs = [
-            {
-                "id": j.pk,
-                "source": j.source,
-                "target": j.target,
-                "phase": j.phase,
-                "frozen": j.frozen,
-                "error": j.error,
-                "updated": j.updated.isoformat(),
-            }
-            for j in found
-        ]
+        jobs = [split_status(j, shard_map) for j in found]
         out.append(
             GroupStatus(
                 name=name,
@@ -300,3 +290,60 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
             )
         )
     return ClusterStatus(catalog=config.catalog, groups=out, catalog_error=catalog_error)
+
+
+def split_status(job: Any, shard_map: ShardMap) -> dict[str, Any]:
+    """A split in progress as ``shard_status --json`` shows it: its phase, mode, copy
+    progress and, online, its catch-up lag in transactions (``lag_events``, read live
+    against the source's ``@@gtid_binlog_pos``) and seconds (None when unknown)."""
+    progress = job.progress or {}
+    copies = progress.get("copy", {})
+    catch_up = progress.get("catch_up", {})
+    out = {
+        "id": job.pk,
+        "source": job.source,
+        "target": job.target,
+        "phase": job.phase,
+        "mode": progress.get("mode") or "frozen",
+        "frozen": job.frozen,
+        "copy": {
+            "rows": sum(c.get("rows", 0) for c in copies.values()),
+            "tables_done": sum(1 for c in copies.values() if c.get("complete")),
+            "tables": len(copies),
+        },
+        "gtid": progress.get("gtid"),
+        "lag_events": None,
+        "lag_seconds": None,
+        "error": job.error,
+        "updated": job.updated.isoformat(),
+    }
+    if out["mode"] == "online" and progress.get("gtid") and job.phase in _STREAMING:
+        out["lag_events"], out["lag_seconds"] = _catch_up_lag(job, shard_map, catch_up)
+    return out
+
+
+#: the phases in which an online split reads the source's binlog
+_STREAMING = ("copying", "catching_up", "frozen", "verified", "cut_over")
+
+
+def _catch_up_lag(job: Any, shard_map: ShardMap, catch_up: dict[str, Any]) -> tuple[Any, Any]:
+    """(transactions, seconds) the new shard is behind the source; (None, None) when the
+    source does not answer."""
+    from django_shards.resharding.stream import transactions_behind
+
+    source = shard_map.shards.get(job.source)
+    if source is None or not is_configured(source.primary):
+        return None, None
+    try:
+        with connections[source.primary].cursor() as cursor:
+            cursor.execute("SELECT @@gtid_binlog_pos")
+            (current,) = cursor.fetchone()
+    except DatabaseError:
+        return None, None
+    behind = transactions_behind(str(job.progress["gtid"]), current or "")
+    if not behind:
+        return 0, 0.0
+    recorded_at = catch_up.get("at")
+    since = max(0.0, time.time() - recorded_at) if recorded_at else None
+    lag = catch_up.get("lag_seconds") or 0.0
+    return behind, None if since is None else round(lag + since, 3)

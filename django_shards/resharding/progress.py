@@ -65,6 +65,36 @@ class BatchCopied:
 
 
 @dataclass(frozen=True)
+class CatchingUp:
+    """One pass over the source's binlog (online split): applied up to GTID ``position``,
+    ``applied`` transactions of moving rows written to the new shard in this pass; the
+    source is ``behind`` transactions and about ``lag_seconds`` ahead."""
+
+    position: str
+    behind: int
+    lag_seconds: float
+    applied: int
+
+
+@dataclass(frozen=True)
+class StreamRestarted:
+    """The binlog stream broke (``error``); it is read again from the last recorded GTID
+    ``position``."""
+
+    position: str
+    error: str
+
+
+@dataclass(frozen=True)
+class FenceRetried:
+    """A transaction opened on the source before the freeze outlived the fence's wait:
+    the freeze was lifted, the catch-up goes on, and the fence is tried again
+    (``attempt`` fences so far)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
 class TableVerified:
     """Model ``label`` checked: ``rows`` moving rows in ``batches`` batches (counts and
     checksums of each batch compared on both sides)."""
@@ -107,6 +137,9 @@ SplitEvent = (
     | CreatingTables
     | TablesCreated
     | BatchCopied
+    | CatchingUp
+    | FenceRetried
+    | StreamRestarted
     | TableVerified
     | BatchCleaned
     | TargetNotEmptied

@@ -32,6 +32,7 @@ the name of each point it reaches (tests hold a split there, or kill it there):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from django_shards.conf import Shard, get_config
 from django_shards.exceptions import SplitError
 from django_shards.health import probe
 from django_shards.models import ShardMapVersion, SplitJob
+from django_shards.resharding.online import OnlineSplit, online_available
 from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
 from django_shards.resharding.progress import (
     Aborted,
@@ -173,6 +175,23 @@ class SplitRunner:
         self.tables = group_tables(job.group)
         # the source's primary: from the map the job started from (it never changes)
         self.source_alias = next(s["primary"] for s in job.new_shards if s["name"] == job.source)
+        self.online = self._online_steps()
+
+    def _online_steps(self) -> OnlineSplit | None:
+        """The online phases, when this split runs online (MariaDB with an OPERATOR); None
+        for the frozen copy. A split keeps the mode it started with."""
+        mode = self.job.progress.get("mode")
+        if mode is None and self.job.phase in (Phase.PLANNED, Phase.PREPARED):
+            mode = "frozen" if online_available(self.source_alias) else "online"
+        if mode != "online":
+            return None
+        reason = online_available(self.source_alias)
+        if reason is not None:
+            raise SplitError(
+                f"The split {self.job.source} -> {self.job.target} started online, and now "
+                f"cannot go on online: {reason}."
+            )
+        return OnlineSplit(self)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -210,10 +229,17 @@ class SplitRunner:
         key = spec.key.normalize(raw_key)
         return self.strategy.shard_for_key(self.new_layout, key) == self.target.name
 
+    @staticmethod
+    def _lease_seconds() -> float:
+        return get_config().map_lease_seconds + LEASE_MARGIN_SECONDS
+
     def _wait_lease(self, before: Literal["copy", "cleanup"]) -> None:
-        seconds = get_config().map_lease_seconds + LEASE_MARGIN_SECONDS
+        seconds = self._lease_seconds()
         self.report(LeaseWait(seconds, before))
-        time.sleep(seconds)
+        if before == "cleanup" and self.online is not None:
+            self.online.grace(seconds)  # the binlog is read until the clean-up starts
+        else:
+            time.sleep(seconds)
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -227,6 +253,15 @@ class SplitRunner:
             Phase.CUT_OVER: self.cleanup,
             Phase.CLEANED: self.finish,
         }
+        if self.online is not None:
+            online = self.online
+            fence = functools.partial(online.catch_up_and_fence, self._lease_seconds())
+            steps |= {
+                Phase.PREPARED: online.copy,
+                Phase.COPYING: online.copy,
+                Phase.CATCHING_UP: fence,
+                Phase.FROZEN: fence,
+            }
         while self.job.phase in steps:
             steps[self.job.phase]()
             self._reached(self.job.phase)
@@ -245,6 +280,8 @@ class SplitRunner:
         self.report(CreatingTables(self.target.primary))
         call_command("migrate", database=self.target.primary, interactive=False, verbosity=0)
         self._create_missing_tables()
+        mode = "frozen" if self.online is None else "online"
+        self._save(progress={**self.job.progress, "mode": mode})
         for replica in self.target.replicas:
             health = probe(replica, "replica", wait=get_config().max_replica_lag_seconds)
             if not health.healthy:
@@ -285,7 +322,7 @@ class SplitRunner:
         with conn.cursor() as cursor:
             for spec in reversed(self.tables):
                 cursor.execute(f"DELETE FROM {conn.ops.quote_name(spec.table)}")
-        self._save(progress={})
+        self._save(progress={"mode": self.job.progress.get("mode")})
 
     def freeze(self) -> None:
         if self.job.progress.get("dirty"):  # a failed verification: copy afresh

@@ -235,16 +235,24 @@ def test_splits_in_progress_are_listed_and_a_failed_one_is_unhealthy():
         base_version=shard_map.version,
         new_shards=[s.as_dict() for s in shard_map.shards.values()],
         new_layout=shard_map.layout.to_json(),
-        phase=SplitJob.Phase.COPIED,
+        phase=SplitJob.Phase.COPYING,
         frozen=True,
+        progress={"copy": {"testapp.Event": {"rows": 1200, "after": 1300}}},
     )
     registry.reset()
     code, output = exit_code("events", "--check")
     assert code == 0
     assert "group events: range, map version 1, 3 shards, " in output
     assert ", splits in progress: 1\n" in output
-    assert f"\n  split s0 -> s4: copied, writes to moving keys frozen (job {job.pk})\n" in output
-    assert status_json("events")["groups"][0]["splits"][0]["phase"] == "copied"
+    assert (
+        f"\n  split s0 -> s4: copying (frozen), 1200 rows copied, copy in progress, "
+        f"writes to moving keys frozen (job {job.pk})\n"
+    ) in output
+    split = status_json("events")["groups"][0]["splits"][0]
+    assert split["phase"] == "copying"
+    assert split["mode"] == "frozen"
+    assert split["copy"] == {"rows": 1200, "tables_done": 0, "tables": 1}
+    assert split["lag_events"] is None
     assert "no split in progress" in shard_status("users")
 
     job.error = "verify: 3 rows differ"

@@ -251,6 +251,9 @@ def copying_the_first_table(job: SplitJob) -> bool:
     return 0 < rows == copied_rows(job) and not complete
 
 
+#: online (MariaDB with an OPERATOR account): the moving keys stay writable until the fence
+ONLINE = MARIADB and bool(settings.DJANGO_SHARDS.get("OPERATOR"))
+
 KILL_POINTS: dict[str, tuple[str, str, Callable[[SplitJob], bool]]] = {
     # in prepare: the pending map version written, the phase not yet recorded
     "planned": ("target pending", "planned", lambda job: pending_version_written()),
@@ -265,6 +268,22 @@ KILL_POINTS: dict[str, tuple[str, str, Callable[[SplitJob], bool]]] = {
     # mid-clean-up: a batch of the first table cleaned up (children first: Post)
     "cleaning": ("cleanup testapp.Post", "cut_over", lambda job: bool(job.progress.get("cleanup"))),
 }
+if ONLINE:
+    KILL_POINTS |= {
+        "prepared": ("prepared", "prepared", lambda job: not job.frozen),
+        # the snapshot's GTID recorded, nothing copied yet
+        "copy started": ("copying", "copying", lambda job: bool(job.progress.get("gtid"))),
+        "catching_up": ("catching_up", "catching_up", lambda job: not job.frozen),
+        # after a pass over the binlog, its position recorded
+        "catching up": (
+            "catching up",
+            "catching_up",
+            lambda job: bool(job.progress.get("catch_up")),
+        ),
+        # the fence: the freeze seen by every process, the final catch-up not done
+        "frozen": ("frozen", "frozen", lambda job: job.frozen),
+    }
+    del KILL_POINTS["copied"]
 
 
 # -- while the split lies dead --------------------------------------------------------------

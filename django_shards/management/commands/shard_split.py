@@ -30,17 +30,21 @@ from django_shards.resharding import (
     create_job,
     plan_split,
 )
+from django_shards.resharding.online import online_available
 from django_shards.resharding.plan import parse_at
 from django_shards.resharding.progress import (
     Aborted,
     BatchCleaned,
     BatchCopied,
+    CatchingUp,
     CreatingTables,
     CutOver,
+    FenceRetried,
     Hold,
     LeaseWait,
     PhaseRecorded,
     SplitEvent,
+    StreamRestarted,
     TablesCreated,
     TableVerified,
     TargetNotEmptied,
@@ -183,10 +187,18 @@ class Command(ShardsCommand):
         w("rows that move (from the source to the new shard):")
         for label in plan.moving_rows:
             w(f"  {label:<30} {plan.moving_rows[label]:>10} of {plan.source_rows[label]}")
-        w(
-            "writes to the moving keys raise ShardMoving (retryable) from the freeze until the "
-            "cutover; this backend has no change stream, so they stay frozen for the whole copy."
-        )
+        why_not = online_available(plan.base.shards[plan.source].primary)
+        if why_not is None:
+            w(
+                "online: rows are copied from a snapshot while writes go on, then the source's "
+                "binlog is applied; writes to the moving keys raise ShardMoving (retryable) "
+                "only during the fence (under a second), until the cutover."
+            )
+        else:
+            w(
+                "frozen copy: writes to the moving keys raise ShardMoving (retryable) from the "
+                f"freeze until the cutover, for the whole copy ({why_not})."
+            )
 
     def _run(self, job: Any, batch_size: int) -> None:
         progress = _Progress(self)
@@ -266,6 +278,18 @@ def event_line(event: SplitEvent) -> str:
             return f"created {', '.join(tables)}"
         case BatchCopied(label=label, rows=rows, after=after):
             return f"copy {label}: {rows} rows (up to pk {after})"
+        case CatchingUp(position=position, behind=behind, lag_seconds=lag, applied=applied):
+            return (
+                f"catch-up: applied up to GTID {position or '-'} ({applied} transactions this "
+                f"pass), {behind} behind ({lag:.2f}s)"
+            )
+        case StreamRestarted(position=position, error=error):
+            return f"binlog stream broke ({error}); reading again from GTID {position}"
+        case FenceRetried(attempt=attempt):
+            return (
+                f"fence {attempt}: a transaction on the source stayed open; freeze lifted, "
+                "catching up again"
+            )
         case TableVerified(label=label, rows=rows, batches=batches):
             return f"verify {label}: {rows} rows in {batches} batches"
         case BatchCleaned(label=label, deleted=deleted):
@@ -280,7 +304,7 @@ def event_line(event: SplitEvent) -> str:
 
 
 #: events drawn as a progress bar on a terminal (one line per batch or table)
-BATCH_EVENTS = (BatchCopied, BatchCleaned, TableVerified)
+BATCH_EVENTS = (BatchCopied, BatchCleaned, CatchingUp, TableVerified)
 
 
 class _Progress:

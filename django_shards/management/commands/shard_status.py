@@ -119,11 +119,22 @@ def group_line(group: GroupStatus) -> str:
 
 
 def split_line(job: dict[str, Any]) -> str:
-    """``split s0 -> s4: copied, writes to moving keys frozen (job 7)``"""
-    frozen = ", writes to moving keys frozen" if job["frozen"] else ""
-    failed = ", FAILED (see problems)" if job["error"] else ""
-    route = f"{job['source']} -> {job['target']}"
-    return f"split {route}: {job['phase']}{frozen}{failed} (job {job['id']})"
+    """``split s0 -> s4: catching_up (online), 5000 rows copied, catch-up lag 3
+    transactions (0.12s) (job 7)``"""
+    parts = [f"{job['phase']} ({job.get('mode', 'frozen')})"]
+    copy = job.get("copy") or {}
+    if copy.get("tables"):
+        done = "" if copy["tables_done"] == copy["tables"] else ", copy in progress"
+        parts.append(f"{copy['rows']} rows copied{done}")
+    if job.get("lag_events") is not None:
+        seconds = job.get("lag_seconds")
+        when = "" if seconds is None else f" ({seconds:.2f}s)"
+        parts.append(f"catch-up lag {job['lag_events']} transactions{when}")
+    if job["frozen"]:
+        parts.append("writes to moving keys frozen")
+    if job["error"]:
+        parts.append("FAILED (see problems)")
+    return f"split {job['source']} -> {job['target']}: {', '.join(parts)} (job {job['id']})"
 
 
 def shard_table(group: GroupStatus) -> tuple[list[str], list[list[str]], list[int]]:
