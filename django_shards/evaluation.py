@@ -42,7 +42,10 @@ from django_shards.routing import note_write, read_alias, write_alias
 from django_shards.where import subqueries
 
 if TYPE_CHECKING:
+    from django.db.models.sql import Query
+
     from django_shards.query import ShardedQuerySet
+    from django_shards.shardmap import ShardMap
 
 T = TypeVar("T")
 #: a read routed to a replica is tried on this many aliases before the error surfaces
@@ -193,6 +196,68 @@ def check_mergeable(qs: ShardedQuerySet) -> None:
             )
 
 
+#: a fan-out re-routes this many times when the map changed after it was routed
+ROUTE_ATTEMPTS = 3
+
+
+class ShardParts:
+    """What each shard of one fan-out reads: the query as it is, except on a shard that
+    still holds rows it no longer owns (a split's source from its cutover until its
+    clean-up ends), where it reads only the rows it owns, so every row comes back once.
+
+    Built by :func:`shard_parts` from the map the fan-out was routed by.
+    """
+
+    __slots__ = ("_holding", "shard_map", "shards")
+
+    def __init__(self, shard_map: ShardMap, shards: list[Shard]) -> None:
+        self.shard_map = shard_map
+        #: the shards the fan-out runs on, routed by ``shard_map``
+        self.shards = shards
+        held = shard_map.holding_unowned
+        #: alias -> name of its shard, for the shards to restrict
+        self._holding = {
+            alias: shard.name for shard in shards if shard.name in held for alias in shard.aliases
+        }
+
+    def on(self, shard_qs: ShardedQuerySet, alias: str) -> ShardedQuerySet:
+        """``shard_qs.using(alias)``, restricted to the rows that alias's shard owns when
+        it holds others (counts, aggregates, values, slices and ordering then all agree)."""
+        part = shard_qs.using(alias)
+        shard = self._holding.get(alias)
+        if shard is not None:
+            self._restrict(part.query, shard)
+        return part
+
+    def _restrict(self, query: Query, shard: str) -> None:
+        if query.combinator:
+            for combined in query.combined_queries:
+                self._restrict(combined, shard)
+            return
+        sk = key_for_model(query.model) if query.model is not None else None
+        if sk is None or sk.group != self.shard_map.group:
+            return
+        q = self.shard_map.ownership_q(shard, sk.attname)
+        if q is not None:
+            query.add_q(q)
+
+
+def shard_parts(qs: ShardedQuerySet, shards: list[Shard]) -> ShardParts:
+    """The parts of a fan-out of ``qs`` over ``shards`` (what ``qs._route()`` answered).
+
+    The ownership filters come from the same map version as the routing: if the map
+    changed since (a cutover), ``qs`` is routed again, so a fan-out never pairs the old
+    owners with the new filters (rows lost) or the new owners with none (rows twice).
+    """
+    for _ in range(ROUTE_ATTEMPTS):
+        shard_map = qs._shard_map()
+        known = shard_map.shards
+        if all(known.get(s.name) is s for s in shards):
+            return ShardParts(shard_map, shards)
+        shards = qs._route() or [shard_map.owning_shards[0]]
+    return ShardParts(qs._shard_map(), shards)
+
+
 def _what(qs: ShardedQuerySet, operation: str) -> str:
     return f"{qs.model._meta.label} {operation}"
 
@@ -289,13 +354,15 @@ def _per_shard_rows(qs: ShardedQuerySet, spec: MergeSpec) -> tuple[Any, tuple[st
 
 def fetch(qs: ShardedQuerySet, shards: list[Shard]) -> list[Any]:
     """Every row of ``qs`` from ``shards``, merged."""
+    parts = shard_parts(qs, shards)
+    shards = parts.shards
     spec = merge_spec(qs)
     if spec.combinator:
         per_shard = qs._chain()  # each shard returns its first offset+limit rows
         per_shard.query.clear_limits()
         if spec.high_mark is not None:
             per_shard.query.set_limits(0, spec.high_mark)
-        results = run_fanout(qs, shards, lambda alias: list(per_shard.using(alias)), "union")
+        results = run_fanout(qs, shards, lambda alias: list(parts.on(per_shard, alias)), "union")
         return merge.merge_combined(spec, [r.value for r in results], _backend(results, shards))
     if is_values_grouped(qs):
         shard_qs = qs._chain()
@@ -303,10 +370,10 @@ def fetch(qs: ShardedQuerySet, shards: list[Shard]) -> list[Any]:
         shard_qs.query.clear_ordering(force=True)
         plan = merge.plan_groups(shard_qs.query, groups_are_complete(qs))
         shard_qs._iterable_class = ValuesIterable
-        results = run_fanout(qs, shards, lambda alias: list(shard_qs.using(alias)), "group-by")
+        results = run_fanout(qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "group-by")
         return merge.merge_groups(spec, plan, [r.value for r in results], _backend(results, shards))
     shard_qs, order_names = _per_shard_rows(qs, spec)
-    results = run_fanout(qs, shards, lambda alias: list(shard_qs.using(alias)), "query")
+    results = run_fanout(qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "query")
     return merge.merge_rows(
         spec, order_names, [r.value for r in results], _backend(results, shards)
     )
@@ -323,10 +390,11 @@ def count(qs: ShardedQuerySet, shards: list[Shard]) -> int:
         )
     ):
         return len(fetch(qs, shards))
+    parts = shard_parts(qs, shards)
     base = qs._chain()
     base.query.clear_limits()
     base.query.clear_ordering(force=True)
-    results = run_fanout(qs, shards, lambda alias: base.using(alias).count(), "count")
+    results = run_fanout(qs, parts.shards, lambda alias: parts.on(base, alias).count(), "count")
     total = sum(r.value for r in results)
     if query.high_mark is not None:
         total = min(total, query.high_mark)
@@ -336,9 +404,10 @@ def count(qs: ShardedQuerySet, shards: list[Shard]) -> int:
 def exists(qs: ShardedQuerySet, shards: list[Shard]) -> bool:
     if qs.query.is_sliced:
         return count(qs, shards) > 0
+    parts = shard_parts(qs, shards)
     base = qs._chain()
     base.query.clear_ordering(force=True)
-    results = run_fanout(qs, shards, lambda alias: base.using(alias).exists(), "exists")
+    results = run_fanout(qs, parts.shards, lambda alias: parts.on(base, alias).exists(), "exists")
     return any(r.value for r in results)
 
 
@@ -352,11 +421,13 @@ def aggregate(qs: ShardedQuerySet, shards: list[Shard], aggregates: dict[str, An
             "merged across shards; aggregate each shard with on_shard()."
         )
     plan = merge.plan_aggregate(aggregates, qs.model)
+    parts = shard_parts(qs, shards)
+    shards = parts.shards
     base = qs._chain()
     base.query.clear_ordering(force=True)
 
     def task(alias: str) -> tuple[dict[str, Any], dict[str, set[Any]]]:
-        shard_qs = base.using(alias)
+        shard_qs = parts.on(base, alias)
         answer = shard_qs.aggregate(**plan.parts) if plan.parts else {}
         values = {}
         for name, agg in plan.distinct.items():
@@ -378,8 +449,12 @@ def aggregate(qs: ShardedQuerySet, shards: list[Shard], aggregates: dict[str, An
 def in_bulk(
     qs: ShardedQuerySet, shards: list[Shard], id_list: Any, field_name: str
 ) -> dict[Any, Any]:
+    parts = shard_parts(qs, shards)
     results = run_fanout(
-        qs, shards, lambda alias: qs.using(alias).in_bulk(id_list, field_name=field_name), "in_bulk"
+        qs,
+        parts.shards,
+        lambda alias: parts.on(qs, alias).in_bulk(id_list, field_name=field_name),
+        "in_bulk",
     )
     merged: dict[Any, Any] = {}
     for r in results:
@@ -396,6 +471,8 @@ def stream(qs: ShardedQuerySet, shards: list[Shard], chunk_size: int) -> Iterato
     if query.combinator or query.is_sliced or is_values_grouped(qs) or ordering.random:
         yield from fetch(qs, shards)
         return
+    parts = shard_parts(qs, shards)
+    shards = parts.shards
     keyset = not ordering.items
     # order_by() keeps reverse(): the pk tie-break (and keyset direction) follows it
     ordered = qs.order_by(*(() if keyset else query.order_by or query.get_meta().ordering), "pk")
@@ -412,7 +489,7 @@ def stream(qs: ShardedQuerySet, shards: list[Shard], chunk_size: int) -> Iterato
         sort_key = merge.SortKey(spec.ordering.items, backend)
         offset, last_pk = 0, None
         while True:
-            page_qs = shard_qs.using(alias)
+            page_qs = parts.on(shard_qs, alias)
             try:
                 if keyset:
                     if last_pk is not None:

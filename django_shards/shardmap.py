@@ -6,7 +6,15 @@ first ``migrate`` (see :mod:`django_shards.catalog`), splits write the later one
 decodes with the strategy and options it stored. Only a group with nothing recorded yet
 routes by its settings. A process holds each map under a lease: a map older than
 ``MAP_LEASE_SECONDS`` is re-read from the catalog before it routes anything, so a cutover
-that waits one full lease is seen by everyone.
+that waits one full lease is seen by everyone. While a split of the group is in one of its
+fence phases (``catching_up``, ``frozen``, ``verified``) the lease is
+:data:`FENCE_POLL_SECONDS` instead, so a freeze or a cutover is seen within ~0.1 s; the
+same catalog read that gives the freezes tells, so other times cost nothing more.
+
+The same read also gives the shards that still hold rows they no longer own (a split's
+source from its cutover until its clean-up is done, or a split crashed in between): a
+fan-out restricts what it reads from them to the rows they own
+(:meth:`ShardMap.ownership_q`), so every row is returned once.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 from django.db import DatabaseError, connections, transaction
+from django.db.models import Q
 from django.dispatch import receiver
 
 from django_shards.conf import WATCHED_SETTINGS, GroupSettings, Shard, get_config
@@ -28,6 +37,14 @@ from django_shards.exceptions import ShardingError, ShardMoving, ShardUnavailabl
 from django_shards.strategies.base import Layout, Strategy, load_strategy
 
 logger = logging.getLogger("django_shards")
+
+#: the lease, in seconds, of a group's map while one of its splits is in a fence phase
+#: (``FENCE_PHASES``): a freeze or cutover is then seen within this, not a whole lease
+FENCE_POLL_SECONDS = 0.1
+#: the split phases during which processes re-read the map every ``FENCE_POLL_SECONDS``
+FENCE_PHASES = frozenset({"catching_up", "frozen", "verified"})
+#: phases in which a split's source still holds the moved rows (after the cutover)
+_HOLDING_PHASES = frozenset({"cut_over", "cleaned"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,13 @@ class ShardMap:
     #: why this map could not be confirmed within its lease (the catalog failed), or None;
     #: a stale map still routes reads, and refuses writes (ShardUnavailable)
     stale: str | None = None
+    #: names of the shards whose tables still hold rows they no longer own: the source of
+    #: a split from its cutover until its clean-up is done (also while such a split lies
+    #: crashed); fan-outs read only the rows these shards own (:meth:`ownership_q`)
+    holding_unowned: frozenset[str] = frozenset()
+    #: True while a split of the group is in a fence phase (``FENCE_PHASES``): the map is
+    #: then re-read every ``FENCE_POLL_SECONDS``
+    fencing: bool = False
 
     def check_confirmed(self) -> None:
         """Raise ``ShardUnavailable`` if the map is stale: a split may have moved keys since
@@ -97,6 +121,35 @@ class ShardMap:
             return None
         wanted = set(names)
         return [s for n, s in self.shards.items() if n in wanted]
+
+    def ownership_q(self, shard: str, field: str) -> Q | None:
+        """The filter a fan-out adds to what it reads from ``shard``: the rows whose key
+        (the model's key attname ``field``) the shard owns, when it holds rows it no longer
+        owns (:attr:`holding_unowned`); None when it holds only its own rows, or when the
+        strategy cannot say in SQL (:meth:`Strategy.ownership_q`)."""
+        if shard not in self.holding_unowned:
+            return None
+        cache = self._ownership_filters
+        try:
+            return cache[shard, field]
+        except KeyError:
+            pass
+        q = self.strategy.ownership_q(self.layout, shard, field)
+        if q is None:
+            logger.warning(
+                "strategy %s of group %r cannot select a shard's own rows in SQL: fan-outs "
+                "may return the rows shard %r still holds after a split twice until its "
+                "clean-up ends",
+                self.strategy.name,
+                self.group,
+                shard,
+            )
+        cache[shard, field] = q
+        return q
+
+    @cached_property
+    def _ownership_filters(self) -> dict[tuple[str, str], Q | None]:
+        return {}
 
     @cached_property
     def owning_shards(self) -> list[Shard]:
@@ -206,11 +259,16 @@ def read_catalog(model: Any, read: Any, empty: Any) -> Any:
     raise CatalogUnreadable(f"catalog {catalog!r}: {error}") from error
 
 
-def _frozen_jobs(group: str) -> list[Any]:
-    """The split jobs of ``group`` whose moving keys are frozen (empty without a catalog)."""
+def _active_jobs(group: str) -> list[Any]:
+    """The split jobs of ``group`` in progress or frozen, in one query (empty without a
+    catalog): the freezes, the fence and the shards holding moved rows all come from them."""
     from django_shards.models import SplitJob
 
-    qs = SplitJob.objects.using(get_config().catalog).filter(group=group, frozen=True)
+    qs = (
+        SplitJob.objects.using(get_config().catalog)
+        .filter(Q(frozen=True) | Q(phase__in=SplitJob.ACTIVE_PHASES), group=group)
+        .only("id", "source", "target", "phase", "frozen", "new_layout")
+    )
     return read_catalog(SplitJob, lambda: list(qs), [])
 
 
@@ -231,6 +289,9 @@ class MapRegistry:
         self._refreshing: dict[str, threading.Lock] = {}
         #: group -> (map, monotonic time its lease runs out)
         self._maps: dict[str, tuple[ShardMap, float]] = {}
+        #: split job id -> (its stored new layout, that layout decoded): a ring of many
+        #: tokens takes milliseconds to build, and fences re-read the jobs ten times a second
+        self._job_layouts: dict[int, tuple[Any, Layout]] = {}
 
     def get(self, group: str) -> ShardMap:
         """The current map of ``group`` (re-read from the catalog once the lease is over).
@@ -288,9 +349,11 @@ class MapRegistry:
     def _reload(self, group: str) -> ShardMap:
         config = get_config()
         settings_group = config.groups.get(group)
-        # freezes first: a cutover committing between the two reads then leaves a stale
-        # freeze on the new map (writes wait a lease), never the old map without its freeze
-        jobs = _frozen_jobs(group)
+        # jobs first: a cutover committing between the two reads then leaves a stale freeze
+        # on the new map (writes wait a lease), never the old map without its freeze; and
+        # the new map's layout being the job's new layout still says its source holds the
+        # moved rows (the job read may show it before cut_over)
+        jobs = _active_jobs(group)
         row = _latest_row(group)
         if row is None and settings_group is None:
             known = ", ".join(config.groups) or "none"
@@ -306,14 +369,56 @@ class MapRegistry:
                 shard_map = current[0]
             else:
                 shard_map = map_from_row(row)
-            freezes = tuple(
-                Freeze(j.source, j.target, shard_map.strategy.load_layout(j.new_layout))
-                for j in jobs
-            )
-            if freezes != shard_map.freezes or shard_map.stale is not None:
-                shard_map = replace(shard_map, freezes=freezes, stale=None)
-            self._maps[group] = (shard_map, time.monotonic() + get_config().map_lease_seconds)
+            freezes, holding, fencing = self._split_state(shard_map, jobs)
+            if (
+                freezes != shard_map.freezes
+                or holding != shard_map.holding_unowned
+                or fencing != shard_map.fencing
+                or shard_map.stale is not None
+            ):
+                shard_map = replace(
+                    shard_map,
+                    freezes=freezes,
+                    holding_unowned=holding,
+                    fencing=fencing,
+                    stale=None,
+                )
+            lease = config.map_lease_seconds
+            if fencing:
+                lease = min(lease, FENCE_POLL_SECONDS)
+            self._maps[group] = (shard_map, time.monotonic() + lease)
             return shard_map
+
+    def _split_state(
+        self, shard_map: ShardMap, jobs: list[Any]
+    ) -> tuple[tuple[Freeze, ...], frozenset[str], bool]:
+        """From ``group``'s active jobs: the freezes, the shards holding rows they no
+        longer own, and whether a split is in a fence phase. Called under the lock."""
+        freezes: list[Freeze] = []
+        holding: set[str] = set()
+        fencing = False
+        for job in jobs:
+            fencing = fencing or job.phase in FENCE_PHASES
+            if job.phase in _HOLDING_PHASES:
+                holding.add(job.source)
+            if not (job.frozen or job.phase == "verified"):
+                continue
+            new_layout = self._job_layout(shard_map.strategy, job)
+            if job.frozen:
+                freezes.append(Freeze(job.source, job.target, new_layout))
+            if job.phase == "verified" and shard_map.layout == new_layout:
+                # the cutover (from verified) committed between the job read and the map
+                # read: the new map says the keys moved, so the source holds them still
+                holding.add(job.source)
+        return tuple(freezes), frozenset(holding), fencing
+
+    def _job_layout(self, strategy: Strategy, job: Any) -> Layout:
+        cached = self._job_layouts.get(job.pk)
+        if cached is not None and cached[0] == job.new_layout:
+            return cached[1]
+        layout = strategy.load_layout(job.new_layout)
+        self._job_layouts[job.pk] = (job.new_layout, layout)
+        return layout
 
     def reset_group(self, group: str) -> None:
         """Drop ``group``'s map so the next use reads the catalog."""
