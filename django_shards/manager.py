@@ -8,7 +8,7 @@ from django.db.models.query import ModelIterable
 
 from django_shards import keys
 from django_shards.evaluation import ShardedModelIterable, sharded_iterable
-from django_shards.query import ShardedQuerySet
+from django_shards.query import ShardedQuerySet, with_consistency
 
 
 class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
@@ -32,6 +32,28 @@ class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignor
         qs = self._queryset_class(model=self.model, using=self._db, hints=self._hints)
         cls = qs._iterable_class
         qs._iterable_class = ShardedModelIterable if cls is ModelIterable else sharded_iterable(cls)
+        return qs
+
+    # ``Model.objects.strong()`` and ``eventual()``: the manager's new queryset is nobody
+    # else's, so its consistency is set in place instead of on a clone (Django's
+    # ``from_queryset`` proxy clones it once more); a ``get_queryset()`` or ``strong()``/
+    # ``eventual()`` overridden in a subclass keeps the clone (its queryset may be shared)
+
+    def strong(self) -> ShardedQuerySet:
+        """Reads go to the primary (``ShardedQuerySet.strong``)."""
+        return self._with_consistency("strong")
+
+    def eventual(self) -> ShardedQuerySet:
+        """Reads go to a usable replica (``ShardedQuerySet.eventual``)."""
+        return self._with_consistency("eventual")
+
+    def _with_consistency(self, level: str) -> ShardedQuerySet:
+        if type(self).get_queryset is not ShardedManager.get_queryset:
+            return getattr(self.get_queryset(), level)()
+        qs = self.get_queryset()
+        if getattr(type(qs), level) is not getattr(ShardedQuerySet, level):
+            return getattr(qs, level)()
+        qs._options = with_consistency(qs._options, level)
         return qs
 
     def contribute_to_class(self, cls: type[models.Model], name: str) -> None:

@@ -63,6 +63,15 @@ class _Options(NamedTuple):
 _NO_OPTIONS = _Options()
 #: (option, value) -> _NO_OPTIONS with that one option set (strong(), fanout() ...)
 _ONE_OPTION: dict[tuple[str, Any], _Options] = {}
+_STRONG = _ONE_OPTION["consistency", "strong"] = _Options(consistency="strong")
+_EVENTUAL = _ONE_OPTION["consistency", "eventual"] = _Options(consistency="eventual")
+
+
+def with_consistency(options: _Options, level: str) -> _Options:
+    """``options`` with consistency ``level`` (``"strong"`` or ``"eventual"``)."""
+    if options is _NO_OPTIONS:
+        return _STRONG if level == "strong" else _EVENTUAL
+    return options._replace(consistency=level)
 
 
 class ShardedQuerySet(QuerySetBase):
@@ -314,11 +323,15 @@ class ShardedQuerySet(QuerySetBase):
 
     def strong(self) -> ShardedQuerySet:
         """Reads go to the primary."""
-        return self._with(consistency="strong")
+        clone = self._chain()
+        clone._options = with_consistency(self._options, "strong")
+        return clone
 
     def eventual(self) -> ShardedQuerySet:
         """Reads go to a usable replica (the primary when none is), pinned or not."""
-        return self._with(consistency="eventual")
+        clone = self._chain()
+        clone._options = with_consistency(self._options, "eventual")
+        return clone
 
     def consistency(self, level: str) -> ShardedQuerySet:
         return self._with(consistency=validate_level(level))

@@ -17,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.signals import setting_changed
@@ -172,9 +172,12 @@ class ReplicaPool:
         """Not cooling down and (MariaDB/MySQL) healthy: reachable, replicating, within
         ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second). An alias missing from
         DATABASES (check E031) is never usable."""
-        if self.is_down(alias) or alias not in connections.settings:
+        if (self._down_until and self.is_down(alias)) or alias not in connections.settings:
             return False
-        if not self._is_mysql(alias):
+        mysql = self._mysql.get(alias)  # _is_mysql, inlined: this runs on every replica read
+        if mysql is None:
+            mysql = self._is_mysql(alias)
+        if not mysql:
             return True
         health = monitor.get(alias, "replica")
         if not health.reachable:
@@ -216,7 +219,13 @@ class ReplicaPool:
         never sees it. With ``connect=False`` the first usable replica is returned as it is
         (for callers that retry a read that fails on it).
         """
-        for alias in self.ordered(shard):
+        replicas = shard.replicas
+        candidates: Sequence[str]
+        if len(replicas) == 1:  # the common case: nothing to order
+            candidates = replicas if self.usable(replicas[0]) else ()
+        else:
+            candidates = self.ordered(shard)
+        for alias in candidates:
             if accept is not None and not accept(alias):
                 continue
             if not connect:
