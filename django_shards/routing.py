@@ -182,50 +182,47 @@ def pin_after_save(
 def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = True) -> str:
     """The alias a read of ``shard`` uses.
 
-    An alias that the map names but ``DATABASES`` lacks (check E031) is never returned: such
-    a replica counts as down, such a primary raises ``ShardUnavailable``.
-    """
-    if shard.primary not in connections.settings:
-        raise _unconfigured(shard, shard.primary)
-    return _read_alias(shard, consistency, connect)
-
-
-def _read_alias(shard: Shard, consistency: str | None, connect: bool) -> str:
-    """:func:`read_alias` before its check that the alias exists.
-
     ``consistency`` is an explicit choice (``strong()``/``eventual()``): strong reads the
     primary; eventual reads a usable replica, pinned or not. Without it, the
     ``consistency()`` block or ``READ_CONSISTENCY`` decides, and a shard this context wrote
     within ``PIN_AFTER_WRITE_SECONDS``, or one inside ``transaction.atomic``, reads its
     primary. With ``connect``, a replica is connected before it is chosen (one that cannot
     connect is skipped); callers that retry a failed read themselves pass False.
+
+    An alias that the map names but ``DATABASES`` lacks (check E031) is never returned: such
+    a replica counts as down, such a primary raises ``ShardUnavailable``.
     """
+    primary = shard.primary
+    if primary not in connections.settings:
+        raise _unconfigured(shard, primary)
     if not shard.replicas:
-        return shard.primary
+        return primary
     if consistency is None:
-        level = context.current_consistency() or get_config().read_consistency
-        if level == "strong":
-            return shard.primary
-        if in_atomic_block(shard.primary):
-            return shard.primary
-        pin = context.pinned(shard.primary)
+        if (context.current_consistency() or get_config().read_consistency) == "strong":
+            return primary
+        # in_atomic_block(primary), inlined: this runs on every default read
+        conn = getattr(_this_thread, primary, None)
+        if conn is None:
+            conn = _remember_connection(primary)
+        if conn.in_atomic_block:
+            return primary
+        pin = context.pinned(primary)
         if pin is not None:
             gtid = pin[1]
             if gtid is None or get_config().read_your_writes != "gtid":
-                return shard.primary
+                return primary
             # exact read-your-writes: any replica that has applied the write will do
             return (
                 pool.choose(shard, accept=lambda r: monitor.has_applied(r, gtid), connect=connect)
-                or shard.primary
+                or primary
             )
     elif consistency == "strong":
-        return shard.primary
-    return pool.choose(shard, connect=connect) or shard.primary
+        return primary
+    return pool.choose(shard, connect=connect) or primary
 
 
+#: this thread's connection object of each alias, as attributes (alias -> object)
 _this_thread = threading.local()
-#: replaced when DATABASES changes: every thread's remembered connections are then stale
-_epoch = [object()]
 
 
 def in_atomic_block(alias: str) -> bool:
@@ -236,21 +233,22 @@ def in_atomic_block(alias: str) -> bool:
     (``connections`` is thread-critical), so each thread's objects are remembered here,
     until ``DATABASES`` changes.
     """
-    epoch = _epoch[0]
-    memo: tuple[object, dict[str, BaseDatabaseWrapper]] | None
-    memo = getattr(_this_thread, "memo", None)
-    if memo is None or memo[0] is not epoch:
-        memo = (epoch, {})
-        _this_thread.memo = memo
-    conn = memo[1].get(alias)
+    conn = getattr(_this_thread, alias, None)
     if conn is None:
-        conn = memo[1][alias] = connections[alias]
+        conn = _remember_connection(alias)
     return bool(conn.in_atomic_block)
 
 
+def _remember_connection(alias: str) -> BaseDatabaseWrapper:
+    conn = connections[alias]
+    setattr(_this_thread, alias, conn)
+    return conn
+
+
 def _forget_connections(*, setting: str, **kwargs: Any) -> None:
+    global _this_thread  # every thread's remembered objects are stale
     if setting == "DATABASES":
-        _epoch[0] = object()
+        _this_thread = threading.local()
 
 
 setting_changed.connect(_forget_connections, dispatch_uid="django_shards.routing.connections")
