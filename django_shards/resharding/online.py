@@ -226,15 +226,25 @@ class OnlineSplit:
     def catch_up(self, until: str | None = None) -> int:
         """Apply the binlog from the recorded GTID to its end (or to ``until``); record the
         new position and the lag. Returns the transactions still behind the source."""
-        from django_shards.resharding.stream import current_gtid, transactions_behind
+        from django_shards.resharding.stream import (
+            StreamBroken,
+            current_gtid,
+            transactions_behind,
+        )
 
+        broken: tuple[type[BaseException], ...] = (
+            StreamBroken,
+            OSError,
+            DatabaseError,
+            *pymysql_errors(),
+        )
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
                 result = self.stream.catch_up(
                     self.gtid, until=until, on_transaction=lambda position: self._record(position)
                 )
                 break
-            except (OSError, DatabaseError, *pymysql_errors()) as exc:
+            except broken as exc:
                 # the stream broke (a killed connection, a restarted server): start again
                 # from the last recorded GTID, never from where the library thinks it was
                 if attempt == STREAM_ATTEMPTS:
@@ -253,7 +263,9 @@ class OnlineSplit:
             if behind and result.last_timestamp
             else 0.0
         )
-        applied = self.job.progress.get("catch_up", {}).get("applied", 0) + result.applied
+        applied = (
+            self.job.progress.get("catch_up", {}).get("applied", 0) + result.transactions_applied
+        )
         self._record(
             result.position,
             force=True,
@@ -262,7 +274,9 @@ class OnlineSplit:
             applied=applied,
             at=time.time(),
         )
-        self.runner.report(CatchingUp(result.position, behind, seconds, result.applied))
+        self.runner.report(
+            CatchingUp(result.position, behind, seconds, result.transactions_applied)
+        )
         self.runner._reached("catching up")
         return behind
 

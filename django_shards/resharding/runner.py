@@ -1,8 +1,13 @@
-"""Running a split: prepare, freeze, copy, verify, cut over, clean up.
+"""Running a split: prepare, copy, verify, cut over, clean up.
 
-Every phase is recorded in the catalog's :class:`~django_shards.models.SplitJob` row
-*after* its work is done, and every phase's work can be repeated safely, so a split killed
-at any point (even ``kill -9``) continues with ``--resume``:
+Every phase is recorded in the catalog's :class:`~django_shards.models.SplitJob` row, and
+every phase's work can be repeated safely, so a split killed at any point (even
+``kill -9``) continues with ``--resume``.
+
+On MariaDB with an ``OPERATOR`` account the split runs **online**
+(:mod:`django_shards.resharding.online`): copy from a snapshot while writes go on, catch up
+from the binlog, a short fence, verification, cutover, clean-up. Elsewhere it keeps the
+**frozen copy**, written here:
 
 - **prepare**: a map version that knows the target as a pending shard (owning nothing),
   so ``migrate`` creates the group's tables on it; the target's replicas are checked.
@@ -15,19 +20,20 @@ at any point (even ``kill -9``) continues with ``--resume``:
   with a report, lifts the freeze and cuts nothing over.
 - **cutover**: one catalog transaction writes the new map version and lifts the freeze.
 - **clean-up**: after one more lease (so no process still reads the source for those
-  keys), the moved rows are deleted from the source in batches.
-
-This backend has no change stream, so the moving keys stay frozen for the whole copy.
+  keys; online, the binlog is still applied meanwhile), the moved rows are deleted from the
+  source in batches.
 
 The runner tells what it does through its ``report`` callable, with the events of
 :mod:`django_shards.resharding.progress`. Its ``hold`` callable, when given, is called with
 the name of each point it reaches (tests hold a split there, or kill it there):
 
-- each phase name, as the phase is recorded (``prepared``, ``frozen``, ``copied``,
-  ``verified``, ``cut_over``, ``cleaned``, ``done``);
+- each phase name, as the phase is recorded (``prepared``, ``frozen``, ``copying``,
+  ``verified``, ``cut_over``, ``cleaned``, ``done``; online also ``catching_up``);
 - ``target pending``: in prepare, after the map version that knows the target;
-- ``freeze recorded``: in freeze, before its lease is waited;
-- ``copy <model label>`` and ``cleanup <model label>``: after a batch that wrote rows.
+- ``freeze recorded``: when the freeze is written, before processes have seen it;
+- ``copy <model label>`` and ``cleanup <model label>``: after a batch that wrote rows;
+- ``copied``: the frozen copy's tables all copied, before verification;
+- ``catching up``: online, after each pass over the binlog (its position recorded).
 """
 
 from __future__ import annotations
