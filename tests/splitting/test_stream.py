@@ -230,14 +230,15 @@ class TestOnTheTopology:
             group.copy(source_conn)
         assert gtid_reached(current_gtid(SOURCE), gtid)
         _writes_after_the_snapshot(group)
+        end = current_gtid(SOURCE)  # others' tests may write on this server too: at least
         positions: list[str] = []
         result = group.stream().catch_up(gtid, on_transaction=positions.append)
 
         group.assert_target_holds_exactly_the_moving_rows()
         assert _sql(TARGET, "SELECT id FROM testapp_author WHERE id = 9000002") == []
-        assert gtid_reached(result.position, current_gtid(SOURCE))
+        assert gtid_reached(result.position, end)
         # the last transaction wrote another schema of the server: read, not reported
-        assert positions and transactions_behind(positions[-1], result.position) == 1
+        assert positions and not gtid_reached(positions[-1], end)
         assert [parse_gtid(p)[0][1] for p in positions] == sorted(
             {parse_gtid(p)[0][1] for p in positions}
         )  # one report per transaction, in order
@@ -325,8 +326,22 @@ class TestOnTheTopology:
         assert stream.connection_id is None
         assert not gtid_reached(recorded[-1], current_gtid(SOURCE))
 
+        end = current_gtid(SOURCE)
         result = group.stream().catch_up(recorded[-1])
-        assert gtid_reached(result.position, current_gtid(SOURCE))
+        assert gtid_reached(result.position, end)
+        group.assert_target_holds_exactly_the_moving_rows()
+
+    def test_a_binlog_ending_in_large_transactions_is_read_to_its_end(self, group):
+        # mysql-replication's dump request left a stray byte on the server, whose close then
+        # reset the connection and dropped the last events unread (1 run in 2 failed)
+        with snapshot(SOURCE) as (source_conn, gtid):
+            group.copy(source_conn)
+        for _ in range(3):
+            Author.objects.create(id=group.orm_moving.pop(), email="before@example.org")
+            _filler(SOURCE)
+            end = current_gtid(SOURCE)
+            gtid = group.stream().catch_up(gtid).position
+            assert gtid_reached(gtid, end)
         group.assert_target_holds_exactly_the_moving_rows()
 
     def test_a_stop_that_raises_leaves_every_reported_transaction_applied(self, group):
