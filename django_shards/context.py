@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType
 
@@ -39,9 +39,9 @@ def consistency(level: str) -> Iterator[None]:
         _consistency.reset(token)
 
 
-def current_consistency() -> str | None:
-    """The level set by an enclosing :func:`consistency` block, or None."""
-    return _consistency.get()
+#: ``current_consistency()``: the level set by an enclosing :func:`consistency` block, or
+#: None (the context variable's own method: no Python call on every default read)
+current_consistency: Callable[[], str | None] = _consistency.get
 
 
 def pin(primary: str, seconds: float, gtid: str | None = None) -> None:
@@ -63,6 +63,11 @@ def pinned(primary: str) -> tuple[float, str | None] | None:
     if entry is None or entry[0] <= time.time():
         return None
     return entry
+
+
+#: ``pins()``: every pin of this context, live or expired (primary alias -> (expiry, gtid));
+#: ``pins().get(alias) is None`` is the cheap "not pinned" of the hot path
+pins: Callable[[], Mapping[str, tuple[float, str | None]]] = _pins.get
 
 
 def current_pins() -> dict[str, tuple[float, str | None]]:

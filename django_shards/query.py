@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, cast
 from django.db import IntegrityError, models, transaction
 from django.db.models import lookups
 from django.db.models.expressions import Col
+from django.db.models.sql.query import Query
 
 from django_shards import evaluation, key_changes
 from django_shards.conf import Shard, get_config
@@ -84,6 +85,9 @@ class ShardedQuerySet(QuerySetBase):
     _running_on: str | None = None
     #: shards left out of the last fan-out of this queryset (with allow_partial())
     missing_shards: list[str] = []  # only ever replaced, never mutated
+    #: Django's (QuerySet.__init__ sets it; read on the routed path, declared for mypy)
+    _deferred_filter: tuple[bool, tuple[Any, ...], dict[str, Any]] | None
+    _query: Query
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -453,7 +457,8 @@ class ShardedQuerySet(QuerySetBase):
                 return [shard_map.shard_named(options.shard_name)]
             if options.pinned_key is not _UNSET:
                 return [shard_map.shard_for_key(sk.normalize(options.pinned_key))]
-        query = self.query
+        # self.query without the property's call (a related manager's deferred filter aside)
+        query = self._query if self._deferred_filter is None else self.query
         where = query.where
         children = where.children
         if len(children) == 1 and not where.negated and not query.combinator:

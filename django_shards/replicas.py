@@ -41,6 +41,9 @@ COOL_DOWN_SECONDS = 5.0
 LATENCY_ALPHA = 0.2
 
 
+#: kinds of alias (ReplicaPool._kind): no health to read, health to read, not in DATABASES
+_PLAIN, _MYSQL, _UNCONFIGURED = "plain", "mysql", "unconfigured"
+
 #: MySQL/MariaDB client and server errors that mean "this server is not answering"
 _CONNECTION_ERRORS = {
     1040,
@@ -141,7 +144,7 @@ class ReplicaPool:
         self._down_until: dict[str, float] = {}
         self._latency: dict[str, float] = {}
         self._turns: dict[str, itertools.count[int]] = {}
-        self._mysql: dict[str, bool] = {}
+        self._kinds: dict[str, str] = {}  # alias -> _PLAIN, _MYSQL or _UNCONFIGURED
 
     def is_down(self, alias: str) -> bool:
         until = self._down_until.get(alias)
@@ -172,25 +175,29 @@ class ReplicaPool:
         """Not cooling down and (MariaDB/MySQL) healthy: reachable, replicating, within
         ``MAX_REPLICA_LAG_SECONDS`` (probed at most once a second). An alias missing from
         DATABASES (check E031) is never usable."""
-        if (self._down_until and self.is_down(alias)) or alias not in connections.settings:
+        if self._down_until and self.is_down(alias):
             return False
-        mysql = self._mysql.get(alias)  # _is_mysql, inlined: this runs on every replica read
-        if mysql is None:
-            mysql = self._is_mysql(alias)
-        if not mysql:
-            return True
+        kind = self._kinds.get(alias)
+        if kind is None:
+            kind = self._kind(alias)
+        if kind is not _MYSQL:
+            return kind is _PLAIN
         health = monitor.get(alias, "replica")
         if not health.reachable:
             self.mark_down(alias, health.error)
             return False
         return health.healthy
 
-    def _is_mysql(self, alias: str) -> bool:
-        """Whether ``alias`` is MySQL/MariaDB (whose replication the health checks read)."""
-        known = self._mysql.get(alias)
-        if known is None:
-            known = self._mysql[alias] = connections[alias].vendor == "mysql"
-        return known
+    def _kind(self, alias: str) -> str:
+        """Whether ``alias`` is missing from DATABASES, MariaDB/MySQL (whose replication
+        the health checks read) or another database; remembered until the settings
+        change (:meth:`reset`)."""
+        if alias not in connections.settings:
+            kind = _UNCONFIGURED
+        else:
+            kind = _MYSQL if connections[alias].vendor == "mysql" else _PLAIN
+        self._kinds[alias] = kind
+        return kind
 
     def ordered(self, shard: Shard) -> list[str]:
         """The shard's usable replicas, best first under ``REPLICA_SELECTION``."""
@@ -222,7 +229,15 @@ class ReplicaPool:
         replicas = shard.replicas
         candidates: Sequence[str]
         if len(replicas) == 1:  # the common case: nothing to order
-            candidates = replicas if self.usable(replicas[0]) else ()
+            alias = replicas[0]
+            if (
+                not connect
+                and accept is None
+                and not self._down_until
+                and self._kinds.get(alias) is _PLAIN
+            ):
+                return alias  # usable(alias), decided without a call: no health to read
+            candidates = replicas if self.usable(alias) else ()
         else:
             candidates = self.ordered(shard)
         for alias in candidates:
@@ -246,7 +261,7 @@ class ReplicaPool:
             self._down_until.clear()
             self._latency.clear()
             self._turns.clear()
-            self._mysql.clear()
+            self._kinds.clear()
         monitor.forget()
 
 

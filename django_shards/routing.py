@@ -206,7 +206,7 @@ def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = 
             conn = _remember_connection(primary)
         if conn.in_atomic_block:
             return primary
-        pin = context.pinned(primary)
+        pin = None if context.pins().get(primary) is None else context.pinned(primary)
         if pin is not None:
             gtid = pin[1]
             if gtid is None or get_config().read_your_writes != "gtid":
