@@ -252,7 +252,7 @@ class TestOnTheTopology:
         before = group.target_state()
         again = group.stream().catch_up(gtid)
         assert group.target_state() == before
-        assert again.position == result.position
+        assert gtid_reached(again.position, result.position)  # others may have written since
         assert again.transactions_applied == result.transactions_applied
 
     def test_values_round_trip_exactly(self, transactional_db):
