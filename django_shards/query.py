@@ -32,7 +32,7 @@ from django_shards.keys import ShardKey, key_for_model
 from django_shards.queryset_base import QuerySetBase
 from django_shards.replicas import primary_errors
 from django_shards.routing import note_write, read_alias, write_alias, write_shard
-from django_shards.shardmap import ShardMap, get_map
+from django_shards.shardmap import ShardMap, get_map, registry
 from django_shards.where import is_expression, keys_of, shards_from_query, shards_from_where
 
 __all__ = ["ShardedQuerySet", "shards_from_where"]
@@ -446,7 +446,7 @@ class ShardedQuerySet(QuerySetBase):
             sk = key_for_model(self.model)
             if sk is None:
                 raise ShardingError(f"{self.model._meta.label} is not sharded.")
-        shard_map = get_map(sk.group)
+        shard_map = registry.get(sk.group)  # get_map(), without its frame
         if self._db is not None:
             shard = shard_map.shard_for_alias(self._db)
             if shard is not None:
@@ -472,7 +472,7 @@ class ShardedQuerySet(QuerySetBase):
                     isinstance(lhs, Col)
                     and lhs.alias == next(iter(query.alias_map), None)
                     and getattr(lhs.target, "column", None) == sk.column
-                    and not hasattr(rhs, "resolve_expression")
+                    and (rhs.__class__ is int or not hasattr(rhs, "resolve_expression"))
                 ):
                     if rhs.__class__ is not int or not sk.int_key:
                         rhs = sk.normalize(rhs)
