@@ -54,8 +54,11 @@ if TYPE_CHECKING:
     from django_shards.resharding.runner import SplitRunner
 
 Phase = SplitJob.Phase
-#: transactions behind the source at which the fence may start
-FENCE_LAG_TRANSACTIONS = 20
+#: the fence starts after a pass over the binlog that took less than this (seconds): the
+#: final drain inside the fence then has about that much binlog to read. (The source's
+#: GTID counts every transaction of its server, other schemas' too, so a count of
+#: transactions behind says little about the group's own backlog.)
+FENCE_PASS_SECONDS = 0.25
 #: seconds added to FENCE_POLL_SECONDS before the freeze counts as seen by every process
 FENCE_MARGIN_SECONDS = 0.1
 #: the longest a transaction opened before the freeze is waited for, inside the fence
@@ -290,14 +293,19 @@ class OnlineSplit:
         # every process must re-read the map every FENCE_POLL_SECONDS before the freeze
         noticed_at = float(self.job.progress.get("catching_up_at") or time.time()) + lease
         for attempt in range(FENCE_ATTEMPTS):
-            while (behind := self.catch_up()) > FENCE_LAG_TRANSACTIONS or (
-                time.time() < noticed_at
-            ):
-                if not behind:  # waiting for every process to poll: don't spin on the source
-                    time.sleep(0.05)
-            if self.touched is None:
-                self.verify_all()
+            while True:
+                started = time.monotonic()
                 self.catch_up()
+                quick = time.monotonic() - started < FENCE_PASS_SECONDS
+                if time.time() < noticed_at:  # not every process polls yet
+                    if quick:
+                        time.sleep(0.05)  # don't spin on the source
+                elif not quick:
+                    continue  # a long pass: the drain inside the fence would be long too
+                elif self.touched is None:
+                    self.verify_all()  # then catch up again: the verification took time
+                else:
+                    break
             if self._fence():
                 return
             runner.report(FenceRetried(attempt + 1))
@@ -492,8 +500,11 @@ class OnlineSplit:
         that passed the freeze check just before the freeze and committed late reaches the
         new shard. Ends before the clean-up (whose deletes must not be applied)."""
         deadline = time.monotonic() + seconds
-        while True:
-            self.catch_up()
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        try:
+            while True:
+                self.catch_up()
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        finally:
+            self.stream.close()

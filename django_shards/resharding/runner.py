@@ -158,7 +158,9 @@ class SplitRunner:
 
     ``report`` receives the split's progress events (default: none shown); ``hold``, when
     given, is called with the name of each point the split reaches (see the module's
-    docstring) and may block there: tests hold a split at a point with it.
+    docstring) and may block there: tests hold a split at a point with it. ``mode``: a new
+    split's copy, ``"online"`` or ``"frozen"`` (default: online wherever it can run); a
+    split started keeps its mode.
     """
 
     def __init__(
@@ -168,8 +170,10 @@ class SplitRunner:
         batch_size: int = 1000,
         report: Report = ignore,
         hold: Hold | None = None,
+        mode: Literal["online", "frozen"] | None = None,
     ) -> None:
         self.job = job
+        self.mode = mode
         self.batch_size = batch_size
         self.report = report
         self.hold = hold
@@ -188,7 +192,7 @@ class SplitRunner:
         for the frozen copy. A split keeps the mode it started with."""
         mode = self.job.progress.get("mode")
         if mode is None and self.job.phase in (Phase.PLANNED, Phase.PREPARED):
-            mode = "frozen" if online_available(self.source_alias) else "online"
+            mode = self.mode or ("frozen" if online_available(self.source_alias) else "online")
         if mode != "online":
             return None
         reason = online_available(self.source_alias)

@@ -227,6 +227,10 @@ class ChangeStream:
             raise SplitError(f"A binlog reader's server id must be in 1..2**32-1, not {server_id}.")
         self._pk_index = {spec.table: spec.columns.index(spec.pk_column) for spec in tables}
         self._connector: _StreamConnector | None = None
+        self._reader: Any = None
+        #: the open reader's position (parsed, updated as it reads) and as last returned
+        self._position: dict[int, tuple[int, int]] | None = None
+        self._reached: str | None = None
 
     @property
     def connection_id(self) -> int | None:
@@ -243,37 +247,25 @@ class ChangeStream:
         on_transaction: Callable[[str], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> CatchUp:
-        """Read the binlog after ``from_gtid`` to its end, or until the position ``until``
-        is reached (stopping right after the transaction that reaches it), applying moving
-        rows' changes to the target. After each source transaction with events of the
+        """Read the binlog after ``from_gtid`` to its end (the source's ``@@gtid_binlog_pos``
+        when the call starts), or until the position ``until`` is reached (stopping right
+        after the transaction that reaches it), applying moving rows' changes to the
+        target. The reader stays open for the next call that starts where this one ended;
+        :meth:`close` it when done. After each source transaction with events of the
         tables, ``on_transaction(position)`` gets the full position after it, once it is
         applied. ``stop()`` is asked after each source transaction; True ends the call
         there. Raises :class:`StreamBroken` when the stream's connection fails."""
         from pymysql.err import Error as PyMySQLError
-        from pymysqlreplication import BinLogStreamReader
         from pymysqlreplication.event import MariadbGtidEvent, QueryEvent, XidEvent
-        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-        row_events = [WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]
         position = parse_gtid(from_gtid)
         result = CatchUp(format_gtid(position))
-        if until is not None and gtid_reached(from_gtid, until):
+        end = until if until is not None else current_gtid(self.source)
+        if gtid_reached(result.position, end):
             return result
-        if not connections[self.source].mysql_is_mariadb:  # type: ignore[attr-defined]
-            raise SplitError(f"{self.source!r} is not MariaDB: the change stream reads GTIDs.")
-        connector = self._connector = _StreamConnector()
-        reader = BinLogStreamReader(
-            connection_settings=binlog_settings(self.source),
-            server_id=self.server_id,
-            is_mariadb=True,
-            auto_position=from_gtid,
-            blocking=False,
-            only_schemas=[connections[self.source].settings_dict["NAME"]],
-            only_tables=list(self.tables),
-            only_events=[*row_events, MariadbGtidEvent, XidEvent, QueryEvent],
-            pymysql_wrapper=connector,
-            enable_logging=False,
-        )
+        reader = self._open_reader(result.position)
+        assert self._position is not None
+        position = self._position
         txn: _Transaction | None = None
         try:
             with self._target_session():
@@ -297,19 +289,68 @@ class ChangeStream:
                     position[txn.domain] = (txn.server, txn.seq)
                     self._finish(txn, format_gtid(position), result, on_transaction)
                     txn = None
-                    if until is not None and gtid_reached(result.position, until):
+                    if gtid_reached(result.position, end):
                         break
                     if stop is not None and stop():
                         break
         except (PyMySQLError, StreamBroken) as exc:
+            self.close()
             raise StreamBroken(
                 f"The binlog stream from {self.source!r} failed ({exc.args[-1]}) after "
                 f"{result.position!r}; restart from the last recorded position."
             ) from exc
-        finally:
-            self._connector = None
-            reader.close()
+        except BaseException:
+            self.close()  # a transaction half read: the reader cannot go on from here
+            raise
+        self._reached = result.position
         return result
+
+    def _open_reader(self, from_position: str) -> Any:
+        """The open reader when it stands at ``from_position``; else a new one from there.
+
+        A reader stays open between calls (a blocking dump: the server pushes new events as
+        they are written), since opening one from a GTID makes the server scan its binlog
+        file from the start to find that GTID."""
+        from pymysqlreplication import BinLogStreamReader
+        from pymysqlreplication.event import MariadbGtidEvent, QueryEvent, XidEvent
+        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+        if self._reader is not None and self._reached == from_position:
+            return self._reader
+        self.close()
+        if not connections[self.source].mysql_is_mariadb:  # type: ignore[attr-defined]
+            raise SplitError(f"{self.source!r} is not MariaDB: the change stream reads GTIDs.")
+        self._connector = _StreamConnector()
+        self._reader = BinLogStreamReader(
+            connection_settings=binlog_settings(self.source),
+            server_id=self.server_id,
+            is_mariadb=True,
+            auto_position=from_position,
+            blocking=True,
+            only_schemas=[connections[self.source].settings_dict["NAME"]],
+            only_tables=list(self.tables),
+            only_events=[
+                WriteRowsEvent,
+                UpdateRowsEvent,
+                DeleteRowsEvent,
+                MariadbGtidEvent,
+                XidEvent,
+                QueryEvent,
+            ],
+            pymysql_wrapper=self._connector,
+            enable_logging=False,
+        )
+        self._position = parse_gtid(from_position)
+        self._reached = from_position
+        return self._reader
+
+    def close(self) -> None:
+        """Close the reader, if one is open (the next :meth:`catch_up` opens a new one)."""
+        reader, self._reader, self._connector = self._reader, None, None
+        self._position = self._reached = None
+        if reader is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                reader.close()
 
     def _finish(
         self,
