@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -529,3 +530,33 @@ def stream(qs: ShardedQuerySet, shards: list[Shard], chunk_size: int) -> Iterato
     while chunk := list(itertools.islice(rows, chunk_size)):
         prefetch_related_objects(chunk, *lookups)
         yield from chunk
+
+
+def delete(qs: ShardedQuerySet, shards: list[Shard]) -> tuple[int, dict[str, int]]:
+    """``qs.delete()`` on each of ``shards``' primaries. A split's source, which keeps the
+    moved rows until its clean-up, deletes only the rows it owns: a write to the others
+    would reach the new shard's live rows through the binlog the split still reads."""
+    base = qs._chain()
+    parts = shard_parts(qs, shards)
+    results = run_fanout(
+        qs, parts.shards, lambda alias: parts.on(base, alias).delete(), "delete", writes=True
+    )
+    counts: Counter[str] = Counter()
+    for r in results:
+        counts.update(r.value[1])
+    return sum(r.value[0] for r in results), dict(counts)
+
+
+def update(qs: ShardedQuerySet, shards: list[Shard], values: dict[str, Any]) -> int:
+    """``qs.update(**values)`` on each of ``shards``' primaries (owned rows only, as in
+    :func:`delete`)."""
+    base = qs._chain()
+    parts = shard_parts(qs, shards)
+    results = run_fanout(
+        qs,
+        parts.shards,
+        lambda alias: parts.on(base, alias).update(**values),
+        "update",
+        writes=True,
+    )
+    return sum(r.value for r in results)

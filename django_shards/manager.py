@@ -8,7 +8,8 @@ from django.db.models.query import ModelIterable
 
 from django_shards import keys
 from django_shards.evaluation import ShardedModelIterable, sharded_iterable
-from django_shards.query import ShardedQuerySet, with_consistency
+from django_shards.options import with_consistency
+from django_shards.query import ShardedQuerySet
 
 
 class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]

@@ -9,14 +9,12 @@ are pruned to the overlapping shards; anything else fans out and is merged
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from django.db import IntegrityError, models, transaction
 from django.db.models import lookups
 from django.db.models.expressions import Col
-from django.db.models.sql.query import Query
 
 from django_shards import evaluation, key_changes
 from django_shards.conf import Shard, get_config
@@ -29,6 +27,7 @@ from django_shards.exceptions import (
     ShardMoving,
 )
 from django_shards.keys import ShardKey, key_for_model
+from django_shards.options import _NO_OPTIONS, _ONE_OPTION, _UNSET, _Options, with_consistency
 from django_shards.queryset_base import QuerySetBase
 from django_shards.replicas import primary_errors
 from django_shards.routing import note_write, read_alias, write_alias, write_shard
@@ -38,41 +37,6 @@ from django_shards.where import is_expression, keys_of, shards_from_query, shard
 __all__ = ["ShardedQuerySet", "shards_from_where"]
 
 logger = logging.getLogger("django_shards.fanout")
-
-
-class _Unset:
-    """No ``for_key()``: a singleton that survives pickling."""
-
-    def __reduce__(self) -> str:
-        return "_UNSET"
-
-
-_UNSET: Any = _Unset()
-
-
-class _Options(NamedTuple):
-    """How a queryset routes, besides its filters."""
-
-    shard_name: str | None = None  # on_shard()
-    pinned_key: Any = _UNSET  # for_key()
-    consistency: str | None = None  # strong(), eventual(), consistency()
-    fanout: bool = False  # fanout()
-    allow_partial: bool = False  # allow_partial()
-    keys_checked: bool = False  # bulk_update() checked its objects' keys: update() need not
-
-
-_NO_OPTIONS = _Options()
-#: (option, value) -> _NO_OPTIONS with that one option set (strong(), fanout() ...)
-_ONE_OPTION: dict[tuple[str, Any], _Options] = {}
-_STRONG = _ONE_OPTION["consistency", "strong"] = _Options(consistency="strong")
-_EVENTUAL = _ONE_OPTION["consistency", "eventual"] = _Options(consistency="eventual")
-
-
-def with_consistency(options: _Options, level: str) -> _Options:
-    """``options`` with consistency ``level`` (``"strong"`` or ``"eventual"``)."""
-    if options is _NO_OPTIONS:
-        return _STRONG if level == "strong" else _EVENTUAL
-    return options._replace(consistency=level)
 
 
 class ShardedQuerySet(QuerySetBase):
@@ -85,9 +49,6 @@ class ShardedQuerySet(QuerySetBase):
     _running_on: str | None = None
     #: shards left out of the last fan-out of this queryset (with allow_partial())
     missing_shards: list[str] = []  # only ever replaced, never mutated
-    #: Django's (QuerySet.__init__ sets it; read on the routed path, declared for mypy)
-    _deferred_filter: tuple[bool, tuple[Any, ...], dict[str, Any]] | None
-    _query: Query
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -252,14 +213,7 @@ class ShardedQuerySet(QuerySetBase):
                 deleted = super().delete()
             self._after_write(alias)
             return deleted
-        base = self._chain()
-        results = evaluation.run_fanout(
-            self, shards, lambda alias: base.using(alias).delete(), "delete", writes=True
-        )
-        counts: Counter[str] = Counter()
-        for r in results:
-            counts.update(r.value[1])
-        return sum(r.value[0] for r in results), dict(counts)
+        return evaluation.delete(self, shards)
 
     delete.alters_data = True  # type: ignore[attr-defined]
     delete.queryset_only = True  # type: ignore[attr-defined]
@@ -275,11 +229,7 @@ class ShardedQuerySet(QuerySetBase):
                 rows = super().update(**kwargs)
             self._after_write(alias)
             return rows
-        base = self._chain()
-        results = evaluation.run_fanout(
-            self, shards, lambda alias: base.using(alias).update(**kwargs), "update", writes=True
-        )
-        return sum(r.value for r in results)
+        return evaluation.update(self, shards, kwargs)
 
     update.alters_data = True  # type: ignore[attr-defined]
 

@@ -18,12 +18,16 @@ if TYPE_CHECKING:
     from typing import Self
 
     from django.db.models.query import BaseIterable
+    from django.db.models.sql.query import Query
 
     class QuerySetBase(models.QuerySet[Any, Any]):
         _db: str | None
         _fields: tuple[str, ...] | None
         _prefetch_related_lookups: tuple[Any, ...]
         _iterable_class: type[BaseIterable[Any]]
+        #: set by QuerySet.__init__; read on the routed path
+        _deferred_filter: tuple[bool, tuple[Any, ...], dict[str, Any]] | None
+        _query: Query
 
         def __getstate__(self) -> dict[str, Any]: ...
         def __setstate__(self, state: dict[str, Any]) -> None: ...

@@ -29,12 +29,16 @@ still reaches the new shard.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import logging
 import os
+import queue
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections
 
 from django_shards import shardmap
 from django_shards.conf import get_config
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from django_shards.resharding.runner import SplitRunner
 
 Phase = SplitJob.Phase
+logger = logging.getLogger("django_shards")
 #: the fence starts after a pass over the binlog that took less than this (seconds): the
 #: final drain inside the fence then has about that much binlog to read. (The source's
 #: GTID counts every transaction of its server, other schemas' too, so a count of
@@ -65,6 +70,8 @@ FENCE_MARGIN_SECONDS = 0.1
 FENCE_TRANSACTION_WAIT_SECONDS = 0.3
 #: how often a fence is retried (a long transaction on the source) before the split fails
 FENCE_ATTEMPTS = 20
+#: connections writing the copy's batches to the new shard while the next one is read
+COPY_WRITERS = 2
 #: consecutive failures of the binlog stream after which the split stops (resumable)
 STREAM_ATTEMPTS = 5
 #: the least time between two records of the applied GTID in the job
@@ -158,9 +165,8 @@ class OnlineSplit:
 
     def _select_moving(self, spec: TableSpec, after: Any, limit: int) -> tuple[str, list[Any]]:
         """SQL selecting the next ``limit`` moving rows of ``spec`` after pk ``after``."""
-        runner = self.runner
         qs = spec.model._base_manager.using(self.source)
-        owned = runner.strategy.ownership_q(runner.new_layout, runner.target.name, spec.key.attname)
+        owned = self._owned_q(spec)
         if owned is not None:
             qs = qs.filter(owned)
         if after is not None:
@@ -171,39 +177,58 @@ class OnlineSplit:
         return sql, list(params)
 
     def _copy_table(self, source_conn: Any, spec: TableSpec) -> None:
+        """Copy ``spec``'s moving rows after the last recorded key. Reading and writing
+        overlap: while the snapshot connection reads the next batch, COPY_WRITERS
+        connections of the app's user upsert the previous ones (the driver releases the
+        GIL while the server works). The key recorded is the last of a batch all of whose
+        predecessors are written, so a resumed copy never skips a row."""
         runner = self.runner
         done = self.job.progress.get("copy", {}).get(spec.label, {})
         if done.get("complete"):
             return
         after, copied = done.get("after"), done.get("rows", 0)
-        upsert = self._upsert_sql(spec)
         pk_index = spec.columns.index(spec.pk_column)
-        conn = connections[self.target]
+        owned_in_sql = self._owned_q(spec) is not None
         started = time.monotonic()
-        while True:
-            sql, params = self._select_moving(spec, after, runner.batch_size)
-            with source_conn.cursor() as cursor:
-                cursor.execute(sql, params)
-                rows = [tuple(r) for r in cursor.fetchall()]
-            moving = [r for r in rows if runner.moves(r[spec.key_index], spec)]
-            if moving:
-                with transaction.atomic(using=self.target), conn.cursor() as cursor:
-                    cursor.execute("SET SESSION foreign_key_checks = 0")
-                    try:
-                        cursor.executemany(upsert, moving)
-                    finally:
-                        cursor.execute("SET SESSION foreign_key_checks = 1")
-                copied += len(moving)
-            if rows:
-                after = rows[-1][pk_index]
-                runner._record_copy(spec.label, after=after, rows=copied)
-                runner.report(BatchCopied(spec.label, copied, after))
-                if moving:
+        with _Writers(self.target, self._upsert_sql(spec)) as writers:
+            in_flight: collections.deque[tuple[Future[None], Any, int]] = collections.deque()
+
+            def settle_oldest() -> None:
+                nonlocal copied
+                future, last, count = in_flight.popleft()
+                future.result()
+                copied += count
+                runner._record_copy(spec.label, after=last, rows=copied)
+                runner.report(BatchCopied(spec.label, copied, last))
+                if count:
                     runner._reached(f"copy {spec.label}")
-            if len(rows) < runner.batch_size:
-                break
+
+            while True:
+                sql, params = self._select_moving(spec, after, runner.batch_size)
+                with source_conn.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    rows = cursor.fetchall()
+                if not rows:
+                    break
+                moving = (
+                    list(rows)
+                    if owned_in_sql
+                    else [r for r in rows if runner.moves(r[spec.key_index], spec)]
+                )
+                after = rows[-1][pk_index]
+                in_flight.append((writers.submit(moving), after, len(moving)))
+                while len(in_flight) > COPY_WRITERS:
+                    settle_oldest()
+                if len(rows) < runner.batch_size:
+                    break
+            while in_flight:
+                settle_oldest()
         elapsed = time.monotonic() - started
         runner._record_copy(spec.label, after=after, rows=copied, complete=True, seconds=elapsed)
+
+    def _owned_q(self, spec: TableSpec) -> Any:
+        runner = self.runner
+        return runner.strategy.ownership_q(runner.new_layout, runner.target.name, spec.key.attname)
 
     def _upsert_sql(self, spec: TableSpec) -> str:
         q = connections[self.target].ops.quote_name
@@ -508,3 +533,52 @@ class OnlineSplit:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         finally:
             self.stream.close()
+
+
+class _Writers:
+    """COPY_WRITERS connections to the new primary (the app's user, from its alias's
+    settings, foreign key checks off: parents and children arrive in any order), each
+    committing one batch at a time; :meth:`submit` returns the batch's future."""
+
+    def __init__(self, alias: str, upsert: str) -> None:
+        self.alias = alias
+        self.upsert = upsert
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.opened: list[Any] = []
+        self.pool = ThreadPoolExecutor(COPY_WRITERS, thread_name_prefix="shard-copy")
+
+    def __enter__(self) -> _Writers:
+        wrapper = connections[self.alias]
+        params = wrapper.get_connection_params()
+        for _ in range(COPY_WRITERS):
+            conn = wrapper.get_new_connection(params)
+            self.opened.append(conn)
+            with conn.cursor() as cursor:
+                cursor.execute("SET SESSION foreign_key_checks = 0")
+            self.idle.put(conn)
+        return self
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> Future[None]:
+        return self.pool.submit(self._write, rows)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        conn = self.idle.get()
+        try:
+            with conn.cursor() as cursor:
+                cursor.executemany(self.upsert, rows)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            self.idle.put(conn)
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+        for conn in self.opened:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection: nothing to keep
+                logger.debug("closing a copy connection to %s failed", self.alias)

@@ -140,7 +140,11 @@ def example_cluster():
             base_version=2,
             new_shards=[s.as_dict() for s in [*users.shards.values(), s5]],
             new_layout=new_layout.to_json(),
-            phase=SplitJob.Phase.COPIED,
+            phase=SplitJob.Phase.CATCHING_UP,
+            progress={
+                "mode": "online",
+                "copy": {"testapp.Author": {"rows": 600, "complete": True}},
+            },
         )
         authors = authors_on({"s0": 200, "s1": 1200, "s2": 200, "s3": 200})
         Author.objects.bulk_create(authors)
@@ -300,7 +304,10 @@ def test_hot_shard_pending_split_target_and_finished_split_are_shown(staff_clien
     assert users["s5"].get("data-pending") == "true"
     assert not users["s5"].findall(f".//{SVG}path")  # owns no arc of the ring yet
     assert "manage.py shard_split users s1 --to NEW --primary ALIAS" in html
-    assert re.search(r"<td>s1</td><td>s5</td><td>copied</td>", html)
+    # the phase and mode, the rows copied, the catch-up lag (unknown without a stream)
+    assert re.search(
+        r"<td>s1</td><td>s5</td><td>catching_up \(online\)</td>\s*<td>600</td><td>—</td>", html
+    )
     assert "testapp.Author 1,200" in "".join(users["s1"].itertext())  # the rows' tooltip
 
     metrics = svgs["metrics"]
@@ -327,6 +334,7 @@ def test_json_format_is_the_cluster_status(staff_client, example_cluster):
     s1 = users["shards"][1]
     assert s1["hot"] is True and s1["rows"]["testapp.Author"] == 1200
     assert users["splits"][0]["target"] == "s5"
+    assert users["splits"][0]["copy"] == {"rows": 600, "tables_done": 1, "tables": 1}
     assert any("hot shard" in p for p in data["problems"])
     assert "PASSWORD" not in response.content.decode().upper()
 
