@@ -347,10 +347,9 @@ class OnlineSplit:
         runner._save(frozen=True, progress={**self.job.progress, "frozen_at": time.time()})
         runner._reached("freeze recorded")
         time.sleep(shardmap.FENCE_POLL_SECONDS + FENCE_MARGIN_SECONDS)  # every process has re-read
-        visible_at = time.time()
         runner._advance(Phase.FROZEN)
         runner._reached(Phase.FROZEN)
-        if not self._open_transactions_ended(visible_at):
+        if not self._open_transactions_ended():
             runner._save(phase=Phase.CATCHING_UP, frozen=False)
             runner.report(PhaseRecorded(Phase.CATCHING_UP))
             return False
@@ -358,27 +357,29 @@ class OnlineSplit:
         runner._advance(Phase.VERIFIED)
         return True
 
-    def _open_transactions_ended(self, before: float) -> bool:
-        """Wait (at most FENCE_TRANSACTION_WAIT_SECONDS) until no transaction of the source's
-        database that started before ``before`` is still open. A write that passed the
-        freeze check before the freeze was seen commits in such a transaction."""
+    def _open_transactions_ended(self) -> bool:
+        """Wait (at most FENCE_TRANSACTION_WAIT_SECONDS) until every transaction open now on
+        the source's database has ended. Called once every process refuses writes to the
+        moving keys: a write that passed the freeze check before then commits in one of
+        these (a transaction opened later cannot hold such a write)."""
         from django_shards.operator import operator_connect
 
         database = connections[self.source].settings_dict["NAME"]
+        sql = (
+            "SELECT t.trx_id FROM information_schema.INNODB_TRX t "
+            "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+            "WHERE p.DB = %s AND p.ID <> CONNECTION_ID()"
+        )
         deadline = time.monotonic() + FENCE_TRANSACTION_WAIT_SECONDS
         conn = operator_connect(self.source)
         try:
+            waiting: set[Any] | None = None
             while True:
                 with conn.cursor() as cursor:
-                    cursor.execute(
-                        "SELECT COUNT(*) FROM information_schema.INNODB_TRX t "
-                        "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-                        "WHERE p.DB = %s AND t.trx_started < FROM_UNIXTIME(%s) "
-                        "AND p.ID <> CONNECTION_ID()",
-                        [database, before],
-                    )
-                    (open_count,) = cursor.fetchone()
-                if not open_count:
+                    cursor.execute(sql, [database])
+                    open_now = {trx_id for (trx_id,) in cursor.fetchall()}
+                waiting = open_now if waiting is None else waiting & open_now
+                if not waiting:
                     return True
                 if time.monotonic() > deadline:
                     return False

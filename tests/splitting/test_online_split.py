@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import F
 
 from django_shards import shard_for
@@ -286,3 +286,47 @@ def test_a_write_that_passed_the_freeze_check_before_the_fence_still_reaches_the
     assert not errors, errors
     assert Author.objects.on_shard(TARGET).strong().get(pk=pk).name == "in flight"
     assert Author.objects.strong().get(pk=pk).name == "in flight"
+
+
+def test_a_transaction_open_on_the_source_at_the_fence_is_waited_for_and_carried_over():
+    """A transaction that wrote a moving key before the freeze and stays open: the fence
+    lifts the freeze rather than wait for it longer than a moment, catches up again, and
+    fences once it has committed; its write reaches the new shard."""
+    moving, _ = seed()
+    pk = moving[0]
+    wrote, commit, done = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def long_transaction():
+        try:
+            with transaction.atomic(using=SOURCE):
+                assert Author.objects.filter(pk=pk).update(name="long transaction") == 1
+                wrote.set()
+                assert commit.wait(30)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            done.set()
+            connections.close_all()
+
+    writer = threading.Thread(target=long_transaction)
+    seen: list[str] = []
+
+    def at(point: str) -> None:
+        seen.append(point)
+        if point == "catching_up":  # written, not committed, before any freeze
+            writer.start()
+            assert wrote.wait(30)
+        elif point == "catching up" and "frozen" in seen and not commit.is_set():
+            commit.set()  # the first fence gave up on it: let it commit now
+            assert done.wait(30)
+
+    output = split(hold=at)
+    writer.join(timeout=30)
+    assert not errors, errors
+    assert "fence 1: a transaction on the source stayed open" in output, output
+    assert seen.count("frozen") == 2, seen
+    assert Author.objects.on_shard(TARGET).strong().get(pk=pk).name == "long transaction"
+    job = SplitJob.objects.using("default").get(group=GROUP)
+    assert job.phase == SplitJob.Phase.DONE
+    assert job.progress["frozen_seconds"] <= MAX_STALL_SECONDS, job.progress
