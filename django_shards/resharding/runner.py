@@ -52,7 +52,7 @@ from django.utils import timezone
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import SplitError
-from django_shards.health import probe
+from django_shards.health import is_configured, probe
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding.online import OnlineSplit, online_available
 from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
@@ -490,6 +490,17 @@ class SplitRunner:
         self._advance(Phase.CLEANED)
 
     def finish(self) -> None:
+        """Record ``done``, once the source's replicas have applied the clean-up (at most
+        MAX_REPLICA_LAG_SECONDS each): ``done`` ends the fan-outs' ownership filter on the
+        source, and an eventual fan-out reading a replica that still had the moved rows
+        would count them twice. A replica that does not catch up in time is only lagging,
+        as any lagging replica: the routing's lag checks then keep reads off it."""
+        source: dict[str, Any] = next(
+            (s for s in self.job.new_shards if s["name"] == self.job.source), {}
+        )
+        for replica in source.get("replicas", []):
+            if is_configured(replica):
+                probe(replica, "replica", wait=get_config().max_replica_lag_seconds)
         self._advance(Phase.DONE)
 
 
