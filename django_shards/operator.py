@@ -63,10 +63,10 @@ def operator_connect(alias: str) -> Any:
     (the test database during tests): autocommit on, utf8mb4, the alias's connect timeout.
     The caller closes it. Raises :class:`OperatorUnavailable`, or ``MySQLdb``'s
     ``OperationalError`` when the server refuses or cannot be reached."""
-    import MySQLdb  # mysqlclient, as Django's MySQL backend: only where it is installed
-
     operator = operator_account()
-    settings_dict = _alias_settings(alias)
+    settings_dict = _alias_settings(alias)  # a MySQL/MariaDB alias: mysqlclient is installed
+    import MySQLdb
+
     conn = MySQLdb.connect(
         user=operator.user,
         password=operator.password,
