@@ -9,6 +9,11 @@ The layout stores every ``(token, shard)`` explicitly, so a split is just a new 
 some tokens: the new shard takes every other token of the source (in ring order), about
 half the source's keys, and no other shard's keys move. Two shards never share a token in
 practice (160-bit hashes); if they did, the lower shard name would own it.
+
+Placement reads a per-layout table of the owner of each 16-bit prefix of the ring (512 KB
+per layout), which answers a point whose prefix one shard owns entirely (about 94% of them
+with 16 shards x 256 tokens) from its digest's first two bytes; the other points bisect
+the full 160-bit tokens. The answer is the same either way.
 """
 
 from __future__ import annotations
@@ -54,10 +59,44 @@ def shard_tokens(name: str, vnodes: int) -> list[int]:
     return [int.from_bytes(sha1(f"{name}:{i}".encode()).digest(), "big") for i in range(vnodes)]
 
 
+#: The owner table of a layout is indexed by a point's top 16 bits: a digest's first 2 bytes.
+PREFIX_BITS = 16
+_PREFIX_SHIFT = 160 - PREFIX_BITS
+
+
+def _owners_by_prefix(tokens: Sequence[int], owners: Sequence[str]) -> list[str | None]:
+    """For each ``PREFIX_BITS``-bit prefix ``b``, the owner of every point ``p`` with
+    ``p >> _PREFIX_SHIFT == b`` when they all have the same owner, else None.
+
+    ``tokens`` sorted, ``owners[i]`` the owner of the points just below ``tokens[i]``
+    (``owners[len(tokens)]``: the wrap). The points of a prefix that holds tokens
+    ``i..j-1`` go to ``owners[i..j]`` (the first token strictly above them); a prefix with
+    no token has one owner, that of the next token. About 1 - e**(-tokens / 65536) of the
+    prefixes hold a token (6% with 16 x 256); they are None unless one shard owns them all.
+    """
+    size = 2**PREFIX_BITS
+    if not tokens:
+        return [None] * size
+    table: list[str | None] = []
+    count = len(tokens)
+    i = 0
+    while i < count:
+        prefix = tokens[i] >> _PREFIX_SHIFT
+        j = i + 1
+        while j < count and tokens[j] >> _PREFIX_SHIFT == prefix:
+            j += 1
+        table += [owners[i]] * (prefix - len(table))  # the prefixes with no token
+        spanned = owners[i : j + 1]
+        table.append(spanned[0] if spanned.count(spanned[0]) == len(spanned) else None)
+        i = j
+    table += [owners[count]] * (size - len(table))
+    return table
+
+
 class RingLayout(Layout):
     """Tokens on the ring and their owners; a point goes to the next token above it."""
 
-    __slots__ = ("_first", "_owners", "_shift", "_tokens", "tokens")
+    __slots__ = ("_by_prefix", "_first", "_owners", "_shift", "_tokens", "tokens")
 
     def __init__(self, tokens: Mapping[str, Iterable[int]]) -> None:
         #: shard name -> its tokens, sorted; shards in the order given (settings order).
@@ -78,8 +117,16 @@ class RingLayout(Layout):
         bits = min(16, max(1, len(ring).bit_length()))
         self._shift = 160 - bits
         self._first = [bisect_left(self._tokens, b << self._shift) for b in range(2**bits + 1)]
+        self._by_prefix = _owners_by_prefix(self._tokens, self._owners)
 
     def locate(self, point: int) -> str:
+        if point >= 0:  # a negative point has no prefix: the bisect below answers it
+            try:
+                owner = self._by_prefix[point >> _PREFIX_SHIFT]
+            except IndexError:
+                owner = None  # above the ring: the bisect below raises
+            if owner is not None:
+                return owner
         bucket = point >> self._shift
         first = self._first
         try:
@@ -159,7 +206,14 @@ class ConsistentHashStrategy(Strategy):
         # ring_point and RingLayout.locate inlined: this runs on every routed query
         ring: RingLayout = layout  # type: ignore[assignment]
         text = b"%d" % key if key.__class__ is int else canonical_text(key)
-        point = int.from_bytes(sha1(text).digest(), "big")
+        digest = sha1(text).digest()
+        # the owner of the point's top 16 bits (digest[0] << 8 | digest[1]), when one
+        # shard owns all the points under that prefix (about 94% of them with 16 x 256
+        # tokens): no 160-bit int, no bisect
+        owner = ring._by_prefix[digest[0] << 8 | digest[1]]
+        if owner is not None:
+            return owner
+        point = int.from_bytes(digest, "big")
         bucket = point >> ring._shift
         first = ring._first
         try:
