@@ -141,7 +141,13 @@ def read(qs: ShardedQuerySet, shards: list[Shard] | None, run: Callable[[], T]) 
         # a replica that cannot connect fails the run and is retried below, so it need
         # not be connected first (except on the last attempt, which is not retried)
         alias = read_alias(shard, consistency, connect=attempt == READ_ATTEMPTS - 1)
-        started = time.perf_counter()
+        # a replica's latency is measured only for REPLICA_SELECTION "fastest" (no clock
+        # read otherwise), and the settings are read only when a replica serves
+        started = (
+            time.perf_counter()
+            if alias != shard.primary and get_config().replica_selection == "fastest"
+            else None
+        )
         qs._running_on = alias  # _on_alias, inlined: this runs on every routed read
         try:
             result = run()
@@ -162,7 +168,7 @@ def read(qs: ShardedQuerySet, shards: list[Shard] | None, run: Callable[[], T]) 
             return result
         finally:
             qs._running_on = None
-        if alias != shard.primary and get_config().replica_selection == "fastest":
+        if started is not None:
             pool.observe(alias, time.perf_counter() - started)
         return result
     raise AssertionError("unreachable")
