@@ -72,6 +72,8 @@ FENCE_TRANSACTION_WAIT_SECONDS = 0.3
 FENCE_ATTEMPTS = 20
 #: connections writing the copy's batches to the new shard while the next one is read
 COPY_WRITERS = 2
+#: MySQL error codes of a missing privilege (the operator account without PROCESS)
+ACCESS_DENIED = (1044, 1142, 1227)
 #: consecutive failures of the binlog stream after which the split stops (resumable)
 STREAM_ATTEMPTS = 5
 #: the least time between two records of the applied GTID in the job
@@ -362,6 +364,8 @@ class OnlineSplit:
         the source's database has ended. Called once every process refuses writes to the
         moving keys: a write that passed the freeze check before then commits in one of
         these (a transaction opened later cannot hold such a write)."""
+        import MySQLdb
+
         from django_shards.operator import operator_connect
 
         database = connections[self.source].settings_dict["NAME"]
@@ -376,7 +380,20 @@ class OnlineSplit:
             waiting: set[Any] | None = None
             while True:
                 with conn.cursor() as cursor:
-                    cursor.execute(sql, [database])
+                    try:
+                        cursor.execute(sql, [database])
+                    except MySQLdb.OperationalError as exc:
+                        if exc.args[0] not in ACCESS_DENIED:
+                            raise
+                        logger.warning(
+                            "cannot list the transactions open on %s (%s); the fence waits "
+                            "%.1fs instead (the operator account needs PROCESS)",
+                            self.source,
+                            exc,
+                            FENCE_TRANSACTION_WAIT_SECONDS,
+                        )
+                        time.sleep(FENCE_TRANSACTION_WAIT_SECONDS)
+                        return True
                     open_now = {trx_id for (trx_id,) in cursor.fetchall()}
                 waiting = open_now if waiting is None else waiting & open_now
                 if not waiting:
