@@ -153,6 +153,8 @@ class OnlineSplit:
                     "gtid": gtid,
                     "snapshot_gtid": gtid,
                     "copy": {},
+                    # the position was the source's own just now: the lag grows from here
+                    "catch_up": {"at": time.time(), "lag_seconds": 0.0},
                 }
                 runner._save(phase=Phase.COPYING, progress=progress)
                 runner.report(PhaseRecorded(Phase.COPYING))

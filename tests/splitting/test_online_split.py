@@ -10,6 +10,7 @@ stall of a write to a moving key (``ShardMoving`` retries included) at most 1 s.
 from __future__ import annotations
 
 import io
+import json
 import random
 import threading
 import time
@@ -340,3 +341,36 @@ def test_a_transaction_open_on_the_source_at_the_fence_is_waited_for_and_carried
     job = SplitJob.objects.using("default").get(group=GROUP)
     assert job.phase == SplitJob.Phase.DONE
     assert job.progress["frozen_seconds"] <= MAX_STALL_SECONDS, job.progress
+
+
+def test_shard_status_shows_a_running_online_split_with_its_phase_copy_and_lag():
+    moving, _ = seed()
+    process = SplitProcess(
+        ["shard_split", *SPLIT_ARGV, "--no-input", "--batch-size", "10"], hold_at="catching_up"
+    )
+    try:
+        process.wait_held()
+        # written after the position the split recorded: the new shard is behind by these
+        for pk in moving[:3]:
+            Author.objects.filter(pk=pk).update(name="while catching up")
+        out = io.StringIO()
+        call_command("shard_status", GROUP, "--json", stdout=out)
+        (split_status,) = json.loads(out.getvalue())["groups"][0]["splits"]
+        text = io.StringIO()
+        call_command("shard_status", GROUP, stdout=text)
+        process.held.release()
+        assert process.proc.wait(timeout=SPLIT_DEADLINE_SECONDS) == 0, process.output()
+    finally:
+        process.kill()
+    assert split_status["phase"] == "catching_up"
+    assert split_status["mode"] == "online"
+    assert split_status["frozen"] is False
+    assert split_status["copy"]["rows"] >= len(moving)
+    assert split_status["copy"]["tables_done"] == split_status["copy"]["tables"] == 3
+    assert split_status["lag_events"] >= 3, split_status
+    assert split_status["lag_seconds"] is not None and split_status["lag_seconds"] >= 0
+    assert f"split {SOURCE} -> {TARGET}: catching_up (online), " in text.getvalue()
+    assert "catch-up lag " in text.getvalue()
+    registry.reset()
+    names = dict(Author.objects.strong().filter(pk__in=moving[:3]).values_list("pk", "name"))
+    assert set(names.values()) == {"while catching up"}  # and the split carried them over

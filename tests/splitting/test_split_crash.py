@@ -278,7 +278,7 @@ if ONLINE:
         "catching up": (
             "catching up",
             "catching_up",
-            lambda job: bool(job.progress.get("catch_up")),
+            lambda job: "applied" in job.progress.get("catch_up", {}),
         ),
         # the fence: the freeze seen by every process, the final catch-up not done
         "frozen": ("frozen", "frozen", lambda job: job.frozen),
