@@ -53,16 +53,16 @@ class SplitJob(models.Model):
         DONE = "done"
         ABORTED = "aborted"
 
-    ACTIVE_PHASES = (
+    #: the phases an abort may undo: nothing is cut over yet, the source never written
+    BEFORE_CUTOVER = (
         Phase.PLANNED,
         Phase.PREPARED,
         Phase.COPYING,
         Phase.CATCHING_UP,
         Phase.FROZEN,
         Phase.VERIFIED,
-        Phase.CUT_OVER,
-        Phase.CLEANED,
     )
+    ACTIVE_PHASES = (*BEFORE_CUTOVER, Phase.CUT_OVER, Phase.CLEANED)
 
     group = models.CharField(max_length=100)
     source = models.CharField(max_length=100)

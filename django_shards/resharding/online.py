@@ -30,12 +30,10 @@ still reaches the new shard.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import os
-import queue
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections
@@ -44,7 +42,7 @@ from django_shards import shardmap
 from django_shards.conf import get_config
 from django_shards.exceptions import SplitError
 from django_shards.models import SplitJob
-from django_shards.resharding.plan import TableSpec
+from django_shards.resharding.plan import TableSpec, batch_checksum
 from django_shards.resharding.progress import (
     BatchCopied,
     CatchingUp,
@@ -53,6 +51,7 @@ from django_shards.resharding.progress import (
     StreamRestarted,
     TableVerified,
 )
+from django_shards.resharding.upsert import COPY_WRITERS, BatchWriters, upsert_sql
 
 if TYPE_CHECKING:
     from django_shards.resharding.runner import SplitRunner
@@ -70,8 +69,6 @@ FENCE_MARGIN_SECONDS = 0.1
 FENCE_TRANSACTION_WAIT_SECONDS = 0.3
 #: how often a fence is retried (a long transaction on the source) before the split fails
 FENCE_ATTEMPTS = 20
-#: connections writing the copy's batches to the new shard while the next one is read
-COPY_WRITERS = 2
 #: MySQL error codes of a missing privilege (the operator account without PROCESS)
 ACCESS_DENIED = (1044, 1142, 1227)
 #: consecutive failures of the binlog stream after which the split stops (resumable)
@@ -97,14 +94,6 @@ def pymysql_errors() -> tuple[type[Exception], ...]:
     import pymysql
 
     return (pymysql.err.Error, MySQLdb.Error)
-
-
-def _checksum(rows: list[tuple[Any, ...]]) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    for row in rows:
-        digest.update(repr(row).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 class OnlineSplit:
@@ -194,7 +183,7 @@ class OnlineSplit:
         pk_index = spec.columns.index(spec.pk_column)
         owned_in_sql = self._owned_q(spec) is not None
         started = time.monotonic()
-        with _Writers(self.target, self._upsert_sql(spec)) as writers:
+        with BatchWriters(self.target, upsert_sql(self.target, spec)) as writers:
             in_flight: collections.deque[tuple[Future[None], Any, int]] = collections.deque()
 
             def settle_oldest() -> None:
@@ -233,16 +222,6 @@ class OnlineSplit:
     def _owned_q(self, spec: TableSpec) -> Any:
         runner = self.runner
         return runner.strategy.ownership_q(runner.new_layout, runner.target.name, spec.key.attname)
-
-    def _upsert_sql(self, spec: TableSpec) -> str:
-        q = connections[self.target].ops.quote_name
-        cols = ", ".join(q(c) for c in spec.columns)
-        updates = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in spec.columns)
-        values = ", ".join(["%s"] * len(spec.columns))
-        return (
-            f"INSERT INTO {q(spec.table)} ({cols}) VALUES ({values}) "
-            f"ON DUPLICATE KEY UPDATE {updates}"
-        )
 
     # -- catching up -----------------------------------------------------------------------
 
@@ -458,7 +437,9 @@ class OnlineSplit:
                     target_rows = [tuple(r) for r in cursor.fetchall()]
                 batches += 1
                 rows_total += len(moving)
-                if len(moving) != len(target_rows) or _checksum(moving) != _checksum(target_rows):
+                if len(moving) != len(target_rows) or batch_checksum(moving) != batch_checksum(
+                    target_rows
+                ):
                     upto = "the end" if last is None else f"pk {last}"
                     mismatches.append(
                         f"{spec.label}: rows after pk {after} up to {upto}: source "
@@ -553,52 +534,3 @@ class OnlineSplit:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         finally:
             self.stream.close()
-
-
-class _Writers:
-    """COPY_WRITERS connections to the new primary (the app's user, from its alias's
-    settings, foreign key checks off: parents and children arrive in any order), each
-    committing one batch at a time; :meth:`submit` returns the batch's future."""
-
-    def __init__(self, alias: str, upsert: str) -> None:
-        self.alias = alias
-        self.upsert = upsert
-        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.opened: list[Any] = []
-        self.pool = ThreadPoolExecutor(COPY_WRITERS, thread_name_prefix="shard-copy")
-
-    def __enter__(self) -> _Writers:
-        wrapper = connections[self.alias]
-        params = wrapper.get_connection_params()
-        for _ in range(COPY_WRITERS):
-            conn = wrapper.get_new_connection(params)
-            self.opened.append(conn)
-            with conn.cursor() as cursor:
-                cursor.execute("SET SESSION foreign_key_checks = 0")
-            self.idle.put(conn)
-        return self
-
-    def submit(self, rows: list[tuple[Any, ...]]) -> Future[None]:
-        return self.pool.submit(self._write, rows)
-
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        conn = self.idle.get()
-        try:
-            with conn.cursor() as cursor:
-                cursor.executemany(self.upsert, rows)
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            self.idle.put(conn)
-
-    def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True)
-        for conn in self.opened:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection: nothing to keep
-                logger.debug("closing a copy connection to %s failed", self.alias)

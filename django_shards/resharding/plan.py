@@ -9,6 +9,7 @@ naming the shard and alias, chained to the database's error (``__cause__``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -190,6 +191,15 @@ def iter_rows(
         if len(rows) < batch_size:
             return
         after = rows[-1][pk_index]
+
+
+def batch_checksum(rows: list[tuple[Any, ...]]) -> str:
+    """MD5 of the rows' reprs, one per line: equal rows in equal order, equal checksums."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for row in rows:
+        digest.update(repr(row).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def count_moving_rows(plan: SplitPlan, batch_size: int = 5000) -> None:

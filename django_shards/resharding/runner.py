@@ -39,7 +39,6 @@ the name of each point it reaches (tests hold a split there, or kill it there):
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -55,7 +54,13 @@ from django_shards.exceptions import SplitError
 from django_shards.health import is_configured, probe
 from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.resharding.online import OnlineSplit, online_available
-from django_shards.resharding.plan import SplitPlan, TableSpec, group_tables, iter_rows
+from django_shards.resharding.plan import (
+    SplitPlan,
+    TableSpec,
+    batch_checksum,
+    group_tables,
+    iter_rows,
+)
 from django_shards.resharding.progress import (
     Aborted,
     BatchCleaned,
@@ -142,15 +147,6 @@ def active_job(group: str, source: str | None = None, *, lock: bool = False) -> 
 
 def _active_jobs(group: str) -> QuerySet[SplitJob]:
     return SplitJob.objects.using(_catalog()).filter(group=group, phase__in=SplitJob.ACTIVE_PHASES)
-
-
-def batch_checksum(rows: list[tuple[Any, ...]]) -> str:
-    """MD5 of the rows' reprs, one per line: equal rows in equal order, equal checksums."""
-    digest = hashlib.md5(usedforsecurity=False)
-    for row in rows:
-        digest.update(repr(row).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 class SplitRunner:
@@ -511,18 +507,10 @@ def abort(job: SplitJob, report: Report = ignore) -> SplitJob:
     on the split elsewhere stops at its next step, and a cutover cannot slip in between.
     """
     catalog = _catalog()
-    before_cutover = (
-        Phase.PLANNED,
-        Phase.PREPARED,
-        Phase.COPYING,
-        Phase.CATCHING_UP,
-        Phase.FROZEN,
-        Phase.VERIFIED,
-    )
     with transaction.atomic(using=catalog):
         changed = (
             SplitJob.objects.using(catalog)
-            .filter(pk=job.pk, phase__in=before_cutover)
+            .filter(pk=job.pk, phase__in=SplitJob.BEFORE_CUTOVER)
             .update(phase=Phase.ABORTED, frozen=False, updated=timezone.now())
         )
     if not changed:

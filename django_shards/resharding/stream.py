@@ -31,6 +31,7 @@ from django.db import DatabaseError, connections, transaction
 
 from django_shards.exceptions import SplitError
 from django_shards.operator import binlog_settings, operator_connect
+from django_shards.resharding.upsert import upsert_sql
 
 #: MariaDB's GTID event flag of a statement outside any transaction (DDL): no Xid follows
 _FL_STANDALONE = 1
@@ -434,14 +435,7 @@ class ChangeStream:
             for (upsert, spec), run in itertools.groupby(changes, lambda c: (c.upsert, c.spec)):
                 rows = [change.values for change in run]
                 if upsert:
-                    cols = ", ".join(quote(c) for c in spec.columns)
-                    marks = ", ".join(["%s"] * len(spec.columns))
-                    updates = ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in spec.columns)
-                    cursor.executemany(
-                        f"INSERT INTO {quote(spec.table)} ({cols}) VALUES ({marks}) "
-                        f"ON DUPLICATE KEY UPDATE {updates}",
-                        rows,
-                    )
+                    cursor.executemany(upsert_sql(self.target, spec), rows)
                 else:
                     marks = ", ".join(["%s"] * len(rows))
                     cursor.execute(
