@@ -28,7 +28,7 @@ from django_shards.shardmap import get_map, registry
 from tests.factories import AuthorFactory, PostFactory
 from tests.support.backend import wait_for_replicas
 from tests.support.split_process import DEADLINE_SECONDS, POLL_SECONDS, SplitProcess
-from tests.support.splitting import MAP_LEASE_SECONDS, wait_for_target_replicas
+from tests.support.splitting import MAP_LEASE_SECONDS, empty_tables, wait_for_target_replicas
 from tests.testapp.models import Author, AuthorTwin, Follow, Post, PostTwin
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -43,12 +43,7 @@ SPLIT_ARGV = [
 
 
 def empty_target() -> None:
-    conn = connections[TARGET]
-    with conn.cursor() as cursor:
-        existing = set(conn.introspection.table_names(cursor))
-        for model in (Follow, Post, Author):
-            if model._meta.db_table in existing:
-                cursor.execute(f"DELETE FROM {conn.ops.quote_name(model._meta.db_table)}")
+    empty_tables(TARGET, (Author, Post, Follow))
 
 
 @pytest.fixture(autouse=True)

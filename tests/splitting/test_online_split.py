@@ -31,7 +31,7 @@ from django_shards.shardmap import get_map, registry
 from tests.factories import AuthorFactory
 from tests.support.backend import MARIADB
 from tests.support.split_process import SplitProcess
-from tests.support.splitting import MAP_LEASE_SECONDS, wait_for_target_replicas
+from tests.support.splitting import MAP_LEASE_SECONDS, empty_tables, wait_for_target_replicas
 from tests.testapp.models import Author, Follow, Post
 
 pytestmark = [
@@ -60,12 +60,7 @@ def _short_lease_and_empty_target(transactional_db, settings):
     settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "MAP_LEASE_SECONDS": MAP_LEASE_SECONDS}
     registry.reset()
     yield
-    conn = connections[TARGET]
-    with conn.cursor() as cursor:
-        existing = set(conn.introspection.table_names(cursor))
-        for model in (Follow, Post, Author):
-            if model._meta.db_table in existing:
-                cursor.execute(f"DELETE FROM {conn.ops.quote_name(model._meta.db_table)}")
+    empty_tables(TARGET, (Author, Post, Follow))
 
 
 def seed() -> tuple[list[int], list[int]]:

@@ -12,12 +12,6 @@ lands never depends on timing. The resume runs in the test process.
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +27,8 @@ from django_shards.models import ShardMapVersion, SplitJob
 from django_shards.shardmap import get_map, registry
 from tests.factories import AuthorFactory, PostFactory
 from tests.support.backend import MARIADB
-from tests.support.splitting import MAP_LEASE_SECONDS, FileHold, wait_for_target_replicas
+from tests.support.split_process import SplitProcess
+from tests.support.splitting import MAP_LEASE_SECONDS, empty_tables, wait_for_target_replicas
 from tests.testapp.models import Author, Follow, Post
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -63,12 +58,7 @@ def empty_target() -> None:
     which tables live on ``s4``, and the router answers from the map, read from a catalog
     that was flushed first (s4 owns nothing in version 1) unless its lease has not run out.
     """
-    conn = connections["s4"]
-    with conn.cursor() as cursor:
-        existing = set(conn.introspection.table_names(cursor))
-        for model in reversed(MODELS):
-            if model._meta.db_table in existing:
-                cursor.execute(f"DELETE FROM {conn.ops.quote_name(model._meta.db_table)}")
+    empty_tables(TARGET, MODELS)
 
 
 @pytest.fixture(autouse=True)
@@ -136,75 +126,17 @@ def rows_by_shard(model) -> dict[str, set]:
 # -- the subprocess -----------------------------------------------------------------------
 
 
-class Split:
-    """``shard_split`` in a subprocess of its own process group, output to files, held at
-    ``hold_at`` (a point named in ``django_shards.resharding.runner``) by the ``FileHold``
-    that ``tests/support/held_split.py`` hands its runner."""
+class Split(SplitProcess):
+    """``shard_split`` in a subprocess held at ``hold_at`` (``tests/support/split_process``);
+    every one started is killed at the test's teardown, even if the test failed first."""
 
     def __init__(self, argv: list[str], hold_at: str) -> None:
-        self.hold_at = hold_at
-        self.dir = tempfile.TemporaryDirectory(prefix="split-crash-")
-        self.held = FileHold([hold_at], Path(self.dir.name) / "held")
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "SHARDS_USE_TEST_DATABASES": "1",
-            "SPLIT_HOLD_AT": hold_at,
-            "SPLIT_HOLD_FILE": str(self.held.path),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if not MARIADB:
-            env["SHARDS_SQLITE_DIR"] = os.path.dirname(settings.DATABASES["default"]["NAME"])
-        self.out = tempfile.TemporaryFile(mode="w+")
-        self.err = tempfile.TemporaryFile(mode="w+")
-        wait_for_target_replicas()
-        connections.close_all()  # no connection of ours holds a lock or a snapshot
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.held_split", *argv],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.out,
-            stderr=self.err,
-            start_new_session=True,
-        )
+        super().__init__(argv, hold_at)
         STARTED.append(self)
 
-    def output(self) -> str:
-        text = []
-        for name, f in (("stdout", self.out), ("stderr", self.err)):
-            f.seek(0)
-            text.append(f"--- {name} ---\n{f.read()}")
-        return "\n".join(text)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        connections.close_all()
-        self.dir.cleanup()
-
-    def fail(self, message: str) -> None:
-        self.kill()
-        pytest.fail(f"{message}\n{self.output()}")
-
-    def kill_when_held(self) -> SplitJob:
-        """Wait (with a deadline) until the split says it is held at its point, SIGKILL it
-        there. Returns the job as the catalog holds it after the kill."""
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while self.held.held_at() is None:
-            if self.proc.poll() is not None:
-                self.fail(
-                    f"shard_split exited ({self.proc.returncode}) before it reached "
-                    f"{self.hold_at!r}"
-                )
-            if time.monotonic() > deadline:
-                self.fail(f"shard_split did not reach {self.hold_at!r} in {DEADLINE_SECONDS}s")
-            time.sleep(POLL_SECONDS)
-        assert self.held.held_at() == self.hold_at
-        self.kill()
-        assert self.proc.returncode == -signal.SIGKILL, self.output()
+    def kill_when_held(self) -> SplitJob:  # type: ignore[override]
+        """SIGKILL the split at its point; the job as the catalog holds it after the kill."""
+        super().kill_when_held()
         return SplitJob.objects.using("default").get(group=GROUP)
 
 
