@@ -51,7 +51,7 @@ from django_shards.resharding.progress import (
     StreamRestarted,
     TableVerified,
 )
-from django_shards.resharding.upsert import COPY_WRITERS, BatchWriters, upsert_sql
+from django_shards.resharding.upsert import COPY_WRITERS, BatchWriters, row_literal_sql
 
 if TYPE_CHECKING:
     from django_shards.resharding.runner import SplitRunner
@@ -156,34 +156,54 @@ class OnlineSplit:
         )
         runner.report(PhaseRecorded(Phase.CATCHING_UP))
 
-    def _select_moving(self, spec: TableSpec, after: Any, limit: int) -> tuple[str, list[Any]]:
-        """SQL selecting the next ``limit`` moving rows of ``spec`` after pk ``after``."""
+    def _moving(self, spec: TableSpec, after: Any) -> Any:
+        """The source's moving rows of ``spec`` after pk ``after``, in pk order."""
         qs = spec.model._base_manager.using(self.source)
         owned = self._owned_q(spec)
         if owned is not None:
             qs = qs.filter(owned)
         if after is not None:
             qs = qs.filter(pk__gt=after)
+        return qs.order_by("pk")
+
+    def _select_moving(self, spec: TableSpec, after: Any, limit: int) -> tuple[str, list[Any]]:
+        """SQL selecting the next ``limit`` moving rows of ``spec`` after pk ``after``."""
         attnames = [f.attname for f in spec.model._meta.concrete_fields]
-        qs = qs.order_by("pk").values_list(*attnames)[:limit]
+        qs = self._moving(spec, after).values_list(*attnames)[:limit]
+        sql, params = qs.query.get_compiler(using=self.source).as_sql()
+        return sql, list(params)
+
+    def _select_literals(self, spec: TableSpec, after: Any, row_sql: str) -> tuple[str, list[Any]]:
+        """SQL selecting ``(pk, key, row literal)`` of every moving row of ``spec`` after pk
+        ``after``, in pk order (``row_sql`` from ``upsert.row_literal_sql``)."""
+        from django.db.models import BinaryField
+        from django.db.models.expressions import RawSQL
+
+        row = RawSQL(row_sql, (), output_field=BinaryField())
+        qs = self._moving(spec, after).values_list("pk", spec.key.attname, row)
         sql, params = qs.query.get_compiler(using=self.source).as_sql()
         return sql, list(params)
 
     def _copy_table(self, source_conn: Any, spec: TableSpec) -> None:
-        """Copy ``spec``'s moving rows after the last recorded key. Reading and writing
-        overlap: while the snapshot connection reads the next batch, COPY_WRITERS
-        connections of the app's user upsert the previous ones (the driver releases the
-        GIL while the server works). The key recorded is the last of a batch all of whose
-        predecessors are written, so a resumed copy never skips a row."""
+        """Copy ``spec``'s moving rows after the last recorded key. The source renders each
+        row as its ``VALUES`` literal (``upsert.row_literal_sql``: no Python value is made
+        of a column) and streams them in pk order; a batch of them is one upsert on one of
+        COPY_WRITERS connections of the app's user, written while the next is read (the
+        driver releases the GIL while the servers work). The key recorded is the last of a
+        batch all of whose predecessors are written, so a resumed copy never skips a row."""
+        from MySQLdb.cursors import SSCursor
+
         runner = self.runner
         done = self.job.progress.get("copy", {}).get(spec.label, {})
         if done.get("complete"):
             return
         after, copied = done.get("after"), done.get("rows", 0)
-        pk_index = spec.columns.index(spec.pk_column)
         owned_in_sql = self._owned_q(spec) is not None
         started = time.monotonic()
-        with BatchWriters(self.target, upsert_sql(self.target, spec)) as writers:
+        with source_conn.cursor() as cursor:  # the session's, not the snapshot's, setting
+            cursor.execute("SET SESSION time_zone = '+00:00'")
+        sql, params = self._select_literals(spec, after, row_literal_sql(source_conn, spec))
+        with BatchWriters(self.target, spec) as writers:
             in_flight: collections.deque[tuple[Future[None], Any, int]] = collections.deque()
 
             def settle_oldest() -> None:
@@ -196,24 +216,33 @@ class OnlineSplit:
                 if count:
                     runner._reached(f"copy {spec.label}")
 
-            while True:
-                sql, params = self._select_moving(spec, after, runner.batch_size)
-                with source_conn.cursor() as cursor:
-                    cursor.execute(sql, params)
-                    rows = cursor.fetchall()
-                if not rows:
-                    break
-                moving = (
-                    list(rows)
-                    if owned_in_sql
-                    else [r for r in rows if runner.moves(r[spec.key_index], spec)]
-                )
-                after = rows[-1][pk_index]
-                in_flight.append((writers.submit(moving), after, len(moving)))
+            def submit(batch: list[bytes], last: Any) -> None:
+                in_flight.append((writers.submit(b",".join(batch)), last, len(batch)))
                 while len(in_flight) > COPY_WRITERS:
                     settle_oldest()
-                if len(rows) < runner.batch_size:
-                    break
+
+            cursor = source_conn.cursor(SSCursor)  # streamed: no more than a batch in memory
+            try:
+                cursor.execute(sql, params)
+                batch: list[bytes] = []
+                size = 0
+                while rows := cursor.fetchmany(runner.batch_size):
+                    for pk, key, literal in rows:
+                        if not owned_in_sql and not runner.moves(key, spec):
+                            continue
+                        if batch and (
+                            len(batch) == runner.copy_batch_rows
+                            or size + len(literal) > writers.max_batch_bytes
+                        ):
+                            submit(batch, after)
+                            batch, size = [], 0
+                        batch.append(literal)
+                        size += len(literal) + 1
+                        after = pk
+                if batch:
+                    submit(batch, after)
+            finally:
+                cursor.close()
             while in_flight:
                 settle_oldest()
         elapsed = time.monotonic() - started

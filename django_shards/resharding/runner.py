@@ -81,6 +81,8 @@ from django_shards.shardmap import ShardMap, get_map, registry, version_fields, 
 Phase = SplitJob.Phase
 #: seconds added to each lease wait, for clocks and in-flight statements
 LEASE_MARGIN_SECONDS = 0.2
+#: rows per batch when ``shard_split --batch-size`` is not given
+DEFAULT_BATCH_SIZE = 1000
 
 
 def _catalog() -> str:
@@ -163,14 +165,18 @@ class SplitRunner:
         self,
         job: SplitJob,
         *,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
         report: Report = ignore,
         hold: Hold | None = None,
         mode: Literal["online", "frozen"] | None = None,
     ) -> None:
         self.job = job
         self.mode = mode
-        self.batch_size = batch_size
+        #: rows per batch read, copied, verified or cleaned up
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        #: rows per statement of the online copy, if set (else as many as fit in
+        #: ``upsert.COPY_STATEMENT_BYTES``)
+        self.copy_batch_rows = batch_size
         self.report = report
         self.hold = hold
         self.group = job.group

@@ -435,7 +435,7 @@ class ChangeStream:
             for (upsert, spec), run in itertools.groupby(changes, lambda c: (c.upsert, c.spec)):
                 rows = [change.values for change in run]
                 if upsert:
-                    cursor.executemany(upsert_sql(self.target, spec), rows)
+                    cursor.executemany(upsert_sql(spec), rows)
                 else:
                     marks = ", ".join(["%s"] * len(rows))
                     cursor.execute(

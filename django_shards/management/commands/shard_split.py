@@ -79,7 +79,9 @@ class Command(ShardsCommand):
         )
         parser.add_argument("--dry-run", action="store_true", help="print the plan only")
         parser.add_argument(
-            "--batch-size", type=int, default=1000, help="rows per copy batch (default 1000)"
+            "--batch-size",
+            type=int,
+            help="rows per copy batch (default 1000; the online copy: 1 MiB of rows)",
         )
         parser.add_argument("--resume", action="store_true", help="continue an interrupted split")
         parser.add_argument("--abort", action="store_true", help="undo a split not cut over yet")
@@ -90,7 +92,7 @@ class Command(ShardsCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         group, source = options["group"], options["shard"]
         group_names(group)  # unknown group: CommandError, exit 2
-        if options["batch_size"] < 1:
+        if options["batch_size"] is not None and options["batch_size"] < 1:
             self.fail(
                 f"--batch-size must be a positive number of rows, not {options['batch_size']}."
             )
@@ -129,7 +131,7 @@ class Command(ShardsCommand):
             options["replicas"],
             at=parse_at(group, options["at"]),
         )
-        count_moving_rows(plan, batch_size=max(options["batch_size"], 1000))  # SplitError
+        count_moving_rows(plan, batch_size=max(options["batch_size"] or 0, 1000))  # SplitError
         self._print_plan(plan)
         if options["dry_run"]:
             self.stdout.write("dry run: nothing was changed.")
@@ -200,7 +202,7 @@ class Command(ShardsCommand):
                 f"freeze until the cutover, for the whole copy ({why_not})."
             )
 
-    def _run(self, job: Any, batch_size: int) -> None:
+    def _run(self, job: Any, batch_size: int | None) -> None:
         progress = _Progress(self)
         runner = None
         try:
