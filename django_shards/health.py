@@ -222,6 +222,9 @@ class HealthMonitor:
         self._positions: dict[str, str] = {}  # replica -> last applied GTID position seen
         self._history: dict[str, PositionHistory] = {}  # primary alias -> its positions
         self._lag_fine: dict[str, bool] = {}  # replica -> its last probe found its lag in limits
+        #: replica -> monotonic time until which its cached probe says it is healthy: the
+        #: routed read's test, without a call (kept with the cache, cleared with it)
+        self.healthy_until: dict[str, float] = {}
         self._no_slave_status: dict[str, float] = {}  # alias -> when SHOW SLAVE STATUS failed
         self._servers: dict[str, str] = {}  # alias -> the server it last answered from
 
@@ -237,6 +240,10 @@ class HealthMonitor:
             self._health[alias] = health
             if health.gtid_position is not None and role == "replica":
                 self._positions[alias] = health.gtid_position
+            if role == "replica" and health.healthy:
+                self.healthy_until[alias] = health.checked_at + HEALTH_TTL_SECONDS
+            else:
+                self.healthy_until.pop(alias, None)
         return health
 
     def probe(self, alias: str, role: str, wait: float | None = None) -> AliasHealth:
@@ -453,6 +460,7 @@ class HealthMonitor:
         with self._lock:
             if alias is None:
                 self._health.clear()
+                self.healthy_until.clear()
                 self._positions.clear()
                 self._history.clear()
                 self._lag_fine.clear()
@@ -460,6 +468,7 @@ class HealthMonitor:
                 self._servers.clear()
             else:
                 self._health.pop(alias, None)
+                self.healthy_until.pop(alias, None)
                 self._positions.pop(alias, None)
                 self._history.pop(alias, None)
                 self._lag_fine.pop(alias, None)

@@ -177,6 +177,8 @@ class ReplicaPool:
         DATABASES (check E031) is never usable."""
         if self._down_until and self.is_down(alias):
             return False
+        if time.monotonic() < monitor.healthy_until.get(alias, 0.0):
+            return True  # probed healthy within HEALTH_TTL_SECONDS: no call needed
         kind = self._kinds.get(alias)
         if kind is None:
             kind = self._kind(alias)
@@ -234,9 +236,12 @@ class ReplicaPool:
                 not connect
                 and accept is None
                 and not self._down_until
-                and self._kinds.get(alias) is _PLAIN
+                and (
+                    self._kinds.get(alias) is _PLAIN
+                    or time.monotonic() < monitor.healthy_until.get(alias, 0.0)
+                )
             ):
-                return alias  # usable(alias), decided without a call: no health to read
+                return alias  # usable(alias), decided without a call
             candidates = replicas if self.usable(alias) else ()
         else:
             candidates = self.ordered(shard)
