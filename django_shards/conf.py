@@ -65,22 +65,38 @@ FANOUT_MODES = ("allow", "warn", "deny")
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard: a name, a primary alias and replica aliases (all keys of DATABASES)."""
+    """One shard: a name, a primary alias and replica aliases (all keys of DATABASES), and
+    the former primaries a failover replaced (``demoted``: recorded in the map, never used
+    by the application)."""
 
     name: str
     primary: str
     replicas: tuple[str, ...] = ()
+    demoted: tuple[str, ...] = ()
 
     @property
     def aliases(self) -> tuple[str, ...]:
+        """The aliases that serve the shard (a demoted one does not)."""
         return (self.primary, *self.replicas)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "primary": self.primary, "replicas": list(self.replicas)}
+        data: dict[str, Any] = {
+            "name": self.name,
+            "primary": self.primary,
+            "replicas": list(self.replicas),
+        }
+        if self.demoted:
+            data["demoted"] = list(self.demoted)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
-        return cls(str(data["name"]), str(data["primary"]), tuple(data.get("replicas") or ()))
+        return cls(
+            str(data["name"]),
+            str(data["primary"]),
+            tuple(data.get("replicas") or ()),
+            tuple(data.get("demoted") or ()),
+        )
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,61 @@ class SplitJob(models.Model):
 
     def __str__(self) -> str:
         return f"split {self.group}/{self.source} -> {self.target} ({self.phase})"
+
+
+class FailoverJob(models.Model):
+    """One failover or switchover of a shard's primary (``shard_failover``). Every step is
+    recorded (``steps``: what was done, when, with its evidence) and the phase after it,
+    so a run killed half-way is finished by running the command again.
+
+    Phases: ``planned`` (the candidate chosen), ``fenced`` (switchover: the old primary is
+    read-only), ``caught_up`` (the candidate applied everything), ``promoted`` (its
+    replication reset, writable), ``mapped`` (the map version naming it written),
+    ``repointed`` (the other replicas replicate from it), ``done``; ``aborted`` when a
+    switchover failed before the promotion and the old primary was made writable again.
+    """
+
+    class Kind(models.TextChoices):
+        FAILOVER = "failover"
+        SWITCHOVER = "switchover"
+
+    class Phase(models.TextChoices):
+        PLANNED = "planned"
+        FENCED = "fenced"
+        CAUGHT_UP = "caught_up"
+        PROMOTED = "promoted"
+        MAPPED = "mapped"
+        REPOINTED = "repointed"
+        DONE = "done"
+        ABORTED = "aborted"
+
+    #: phases of a job still to be finished: writes to its group poll the map quickly
+    ACTIVE_PHASES = (
+        Phase.PLANNED,
+        Phase.FENCED,
+        Phase.CAUGHT_UP,
+        Phase.PROMOTED,
+        Phase.MAPPED,
+        Phase.REPOINTED,
+    )
+
+    group = models.CharField(max_length=100)
+    shard = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    old_primary = models.CharField(max_length=100)
+    new_primary = models.CharField(max_length=100)
+    replicas = models.JSONField(default=list, help_text="the shard's replicas afterwards")
+    position = models.CharField(
+        max_length=1000, blank=True, help_text="the GTID position the new primary applied"
+    )
+    phase = models.CharField(max_length=20, choices=Phase.choices, default=Phase.PLANNED)
+    steps = models.JSONField(default=list, help_text="[{step, at, detail}] in order")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.group}/{self.shard}: {self.old_primary} -> {self.new_primary}"

@@ -1,5 +1,6 @@
 """Connections as the operator account (``DJANGO_SHARDS["OPERATOR"]``): the work the app's
-own user may not do (binlog streams, consistent snapshots with their binlog position).
+own user may not do (binlog streams, consistent snapshots with their binlog position,
+promotion and ``CHANGE MASTER TO`` in a failover).
 
 The operator logs in at the same host, port and database as an alias of ``DATABASES``.
 Its password never appears in a message or a ``repr()``.
@@ -58,22 +59,26 @@ def _endpoint(settings_dict: dict[str, Any]) -> dict[str, Any]:
     return endpoint
 
 
-def operator_connect(alias: str) -> Any:
+def operator_connect(alias: str, *, connect_timeout: int | None = None) -> Any:
     """A new ``MySQLdb`` connection as the operator, to ``alias``'s host, port and database
-    (the test database during tests): autocommit on, utf8mb4, the alias's connect timeout.
+    (the test database during tests): autocommit on, utf8mb4, the alias's connect timeout
+    (or ``connect_timeout``).
     The caller closes it. Raises :class:`OperatorUnavailable`, or ``MySQLdb``'s
     ``OperationalError`` when the server refuses or cannot be reached."""
     operator = operator_account()
     settings_dict = _alias_settings(alias)  # a MySQL/MariaDB alias: mysqlclient is installed
     import MySQLdb
 
+    endpoint = _endpoint(settings_dict)
+    if connect_timeout is not None:
+        endpoint["connect_timeout"] = connect_timeout
     conn = MySQLdb.connect(
         user=operator.user,
         password=operator.password,
         database=settings_dict["NAME"],
         charset="utf8mb4",
         autocommit=True,
-        **_endpoint(settings_dict),
+        **endpoint,
     )
     return conn
 

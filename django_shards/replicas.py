@@ -125,13 +125,31 @@ def read_mirror_without_locks(
         connection.connection.execute("PRAGMA read_uncommitted = 1")
 
 
+#: MySQL's "the --read-only option prevents this statement": a primary being switched over
+READ_ONLY_ERROR = 1290
+
+
+def is_read_only_error(exc: BaseException) -> bool:
+    """True when ``exc`` is a write refused because the server is read-only."""
+    cause = exc.__cause__ or exc
+    return bool(cause.args) and cause.args[0] == READ_ONLY_ERROR
+
+
 @contextlib.contextmanager
 def primary_errors(alias: str | None) -> Iterator[None]:
-    """Turn "cannot reach the server" on a shard primary into ``ShardUnavailable``."""
+    """Turn "cannot reach the server" on a shard primary, and "the server is read-only"
+    (a switchover or failover under way), into the retryable ``ShardUnavailable``."""
     try:
         yield
     except (OperationalError, InterfaceError) as exc:
-        if alias is None or isinstance(exc, ShardUnavailable) or not is_connection_error(exc):
+        if alias is None or isinstance(exc, ShardUnavailable):
+            raise
+        if is_read_only_error(exc):
+            raise ShardUnavailable(
+                f"The primary {alias!r} of a shard is read-only (a switchover or failover "
+                "of the shard is under way); the write was not made. Retry in a moment."
+            ) from exc
+        if not is_connection_error(exc):
             raise
         raise ShardUnavailable(f"The primary {alias!r} of a shard is unreachable: {exc}") from exc
 

@@ -73,8 +73,9 @@ class ShardMap:
     #: a split from its cutover until its clean-up is done (also while such a split lies
     #: crashed); fan-outs read only the rows these shards own (:meth:`ownership_q`)
     holding_unowned: frozenset[str] = frozenset()
-    #: True while a split of the group is in a fence phase (``FENCE_PHASES``): the map is
-    #: then re-read every ``FENCE_POLL_SECONDS``
+    #: True while a split of the group is in a fence phase (``FENCE_PHASES``), or a
+    #: failover or switchover of one of its shards is unfinished: the map is then re-read
+    #: every ``FENCE_POLL_SECONDS``
     fencing: bool = False
 
     def check_confirmed(self) -> None:
@@ -272,6 +273,18 @@ def _active_jobs(group: str) -> list[Any]:
     return read_catalog(SplitJob, lambda: list(qs), [])
 
 
+def _failing_over(group: str) -> bool:
+    """True while a failover or switchover of one of ``group``'s shards is unfinished (False
+    without a catalog): its processes then re-read the map every FENCE_POLL_SECONDS, so a
+    new primary is used within that."""
+    from django_shards.models import FailoverJob
+
+    qs = FailoverJob.objects.using(get_config().catalog).filter(
+        group=group, phase__in=FailoverJob.ACTIVE_PHASES
+    )
+    return bool(read_catalog(FailoverJob, qs.exists, False))
+
+
 def _latest_row(group: str) -> Any:
     """The newest stored version of ``group``, or None (also when the catalog has no tables)."""
     from django_shards.models import ShardMapVersion
@@ -354,6 +367,7 @@ class MapRegistry:
         # the new map's layout being the job's new layout still says its source holds the
         # moved rows (the job read may show it before cut_over)
         jobs = _active_jobs(group)
+        failing_over = _failing_over(group)
         row = _latest_row(group)
         if row is None and settings_group is None:
             known = ", ".join(config.groups) or "none"
@@ -370,6 +384,7 @@ class MapRegistry:
             else:
                 shard_map = map_from_row(row)
             freezes, holding, fencing = self._split_state(shard_map, jobs)
+            fencing = fencing or failing_over
             if (
                 freezes != shard_map.freezes
                 or holding != shard_map.holding_unowned

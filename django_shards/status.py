@@ -52,6 +52,8 @@ class ShardStatus:
     rows_exact: bool
     hot: bool = False
     suggestion: str | None = None  # a shard_split command line for a hot shard
+    #: former primaries a failover replaced: in the map, never used by the application
+    demoted: list[str] = field(default_factory=list)
 
     @property
     def total_rows(self) -> int | None:
@@ -254,6 +256,7 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
                     name=shard.name,
                     primary=shard.primary,
                     replicas=list(shard.replicas),
+                    demoted=list(shard.demoted),
                     owns=describe.get(shard.name, "nothing yet"),
                     share=share.get(shard.name),
                     pending=shard.name not in owners,

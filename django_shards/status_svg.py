@@ -415,6 +415,7 @@ def shard_map_svg(group: GroupStatus, shard_map: ShardMap) -> SafeString:
             title(
                 f"{shard.name}: primary {shard.primary}, replicas "
                 f"{', '.join(shard.replicas) or 'none'}; owns {shard.owns}"
+                + (f"; demoted {', '.join(shard.demoted)}" if shard.demoted else "")
             )
         ]
         if owns:

@@ -146,7 +146,8 @@ def shard_table(group: GroupStatus) -> tuple[list[str], list[list[str]], list[in
     columns += ["health", "lag", *group.models, "total", "hot"]
     rows = []
     for shard in group.shards:
-        row = [shard.name, shard.primary, ", ".join(shard.replicas) or "-", shard.owns]
+        serving = [*shard.replicas, *(f"{alias} (demoted)" for alias in shard.demoted)]
+        row = [shard.name, shard.primary, ", ".join(serving) or "-", shard.owns]
         if with_share:
             row.append("-" if shard.share is None else f"{100 * shard.share:.1f}%")
         row += [health_text(shard), lag_text(shard)]
