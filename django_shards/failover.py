@@ -2,19 +2,19 @@
 
 A **failover** replaces a primary that does not answer: every replica first applies what
 it received (``MASTER_GTID_WAIT`` on its ``Gtid_IO_Pos``), the one that has applied the
-most of the primary's GTID domains is promoted (or ``--to``), a map version makes it the
-shard's primary and records the old one as ``demoted`` (never used again by the app), and
-the other replicas are pointed at it (``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos``
-with ``OPERATOR["REPLICATION_USER"]``). With semi-synchronous replication at
-``AFTER_SYNC``, a write acknowledged to the application had reached a replica's relay
-log, so the most advanced replica has every acknowledged write.
+most of the primary's GTID domains is promoted (or ``--to``), the other replicas are
+pointed at it (``CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos`` with
+``OPERATOR["REPLICATION_USER"]``), and a map version makes it the shard's primary and
+records the old one as ``demoted`` (never used again by the app). With semi-synchronous
+replication at ``AFTER_SYNC``, a write acknowledged to the application had reached a
+replica's relay log, so the most advanced replica has every acknowledged write.
 
 A **switchover** is planned, the primary alive: once every process polls the map every
 ``FENCE_POLL_SECONDS`` (one lease after the job is recorded), the primary is made
 read-only (a write then fails with the retryable ``ShardUnavailable``), the candidate
-applies exactly its ``gtid_binlog_pos``, is promoted, the map names it, and the old
-primary becomes its replica. Writes are refused for the few milliseconds of those steps
-plus one poll.
+applies exactly its ``gtid_binlog_pos``, is promoted, the old primary and the other
+replicas become its replicas, and the map names it. Writes are refused for the few
+milliseconds of those steps plus one poll.
 
 Every step is recorded in a :class:`~django_shards.models.FailoverJob` before the next
 starts; running the command again finishes a job killed half-way (each step can be done
@@ -151,6 +151,24 @@ def _query(conn: Any, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall()) if cursor.description else []
 
 
+def _slave_status(conn: Any) -> dict[str, Any]:
+    """``SHOW SLAVE STATUS`` as a dict (empty: the server replicates from nothing)."""
+    with conn.cursor() as cursor:
+        cursor.execute("SHOW SLAVE STATUS")
+        row = cursor.fetchone()
+        names = [d[0] for d in cursor.description] if cursor.description else []
+    return dict(zip(names, row, strict=True)) if row else {}
+
+
+def _stop_replicating(conn: Any, *, forget: bool = False) -> None:
+    """Stop the server's replication, if it has any (and ``forget`` it: RESET SLAVE ALL);
+    a second call does nothing."""
+    if _slave_status(conn):
+        _query(conn, "STOP SLAVE")
+        if forget:
+            _query(conn, "RESET SLAVE ALL")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else ("" if value is None else str(value))
 
@@ -171,17 +189,13 @@ def probe(alias: str, *, replica: bool, wait_relay: bool = False) -> ServerState
         ((read_only, binlog),) = _query(conn, "SELECT @@global.read_only, @@gtid_binlog_pos")
         state.read_only, state.binlog = bool(read_only), _text(binlog)
         if replica:
-            with conn.cursor() as cursor:
-                cursor.execute("SHOW SLAVE STATUS")
-                row = cursor.fetchone()
-                names = [d[0] for d in cursor.description] if cursor.description else []
-            status = dict(zip(names, row, strict=True)) if row else {}
+            status = _slave_status(conn)
             state.received = _text(status.get("Gtid_IO_Pos"))
             if wait_relay and state.received:
                 _query(conn, "SELECT MASTER_GTID_WAIT(%s, %s)", [state.received, CATCH_UP_SECONDS])
             ((applied,),) = _query(conn, "SELECT @@gtid_slave_pos")
             state.applied = _text(applied)
-            if not row:
+            if not status:
                 state.reachable, state.error = False, "not a replica (no SHOW SLAVE STATUS)"
         return state
     except Exception as exc:  # noqa: BLE001 - a server that fails its probe is unusable
@@ -205,10 +219,13 @@ class Failover:
         to: str | None = None,
         switchover: bool = False,
         report: Callable[[str], None] = logger.info,
+        hold: Callable[[str], None] | None = None,
     ) -> None:
         self.group, self.shard_name = group, shard
         self.to, self.switchover = to, switchover
         self.report = report
+        #: called with each phase once it is recorded (tests hold the run there)
+        self.hold = hold
         self.catalog = get_config().catalog
 
     # -- planning ----------------------------------------------------------------------
@@ -333,10 +350,11 @@ class Failover:
         if job.phase == Phase.CAUGHT_UP:
             self._promote(job)
         if job.phase == Phase.PROMOTED:
-            self._write_map(job)
-        if job.phase == Phase.MAPPED:
+            # before the map names it: a semi-synchronous write to it waits for a replica
             self._repoint(job)
         if job.phase == Phase.REPOINTED:
+            self._write_map(job)
+        if job.phase == Phase.MAPPED:
             # like a split's cutover: no process routes by the old map any more
             self.report(f"waiting {lease:.1f}s (one map lease) so no process routes by the old map")
             time.sleep(lease)
@@ -350,6 +368,8 @@ class Failover:
         job.save(using=self.catalog, update_fields=["phase", "steps", "error", "updated"])
         logger.info("%s %s/%s job %s: %s %s", job.kind, job.group, job.shard, job.pk, step, detail)
         self.report(f"phase: {phase}")
+        if self.hold is not None:
+            self.hold(phase)
 
     def _fence_old_primary(self, job: FailoverJob) -> None:
         conn = _connect(job.old_primary)
@@ -367,11 +387,7 @@ class Failover:
             if job.kind == Kind.SWITCHOVER:
                 wanted = job.position
             else:  # what it received from the dead primary
-                with conn.cursor() as cursor:
-                    cursor.execute("SHOW SLAVE STATUS")
-                    row = cursor.fetchone()
-                    names = [d[0] for d in cursor.description] if cursor.description else []
-                wanted = _text(dict(zip(names, row, strict=True)).get("Gtid_IO_Pos")) if row else ""
+                wanted = _text(_slave_status(conn).get("Gtid_IO_Pos"))
             if wanted:
                 ((result,),) = _query(
                     conn, "SELECT MASTER_GTID_WAIT(%s, %s)", [wanted, CATCH_UP_SECONDS]
@@ -405,8 +421,7 @@ class Failover:
     def _promote(self, job: FailoverJob) -> None:
         conn = _connect(job.new_primary)
         try:
-            _query(conn, "STOP SLAVE")
-            _query(conn, "RESET SLAVE ALL")
+            _stop_replicating(conn, forget=True)
             _query(conn, "SET GLOBAL read_only = OFF")
             ((position,),) = _query(conn, "SELECT @@gtid_current_pos")
         finally:
@@ -453,7 +468,7 @@ class Failover:
                 skipped[alias] = _one_line(exc)
                 continue
             try:
-                _query(conn, "STOP SLAVE")
+                _stop_replicating(conn)
                 if alias == job.old_primary:  # it wrote the binlog; it has all of it
                     _query(conn, "SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos")
                 _query(

@@ -94,9 +94,11 @@ class FailoverJob(models.Model):
 
     Phases: ``planned`` (the candidate chosen), ``fenced`` (switchover: the old primary is
     read-only), ``caught_up`` (the candidate applied everything), ``promoted`` (its
-    replication reset, writable), ``mapped`` (the map version naming it written),
-    ``repointed`` (the other replicas replicate from it), ``done``; ``aborted`` when a
-    switchover failed before the promotion and the old primary was made writable again.
+    replication reset, writable), ``repointed`` (the other replicas, and in a switchover
+    the old primary, replicate from it: its semi-synchronous writes have replicas to
+    acknowledge them), ``mapped`` (the map version naming it written), ``done``;
+    ``aborted`` when a switchover failed before the promotion and the old primary was made
+    writable again.
     """
 
     class Kind(models.TextChoices):
@@ -108,8 +110,8 @@ class FailoverJob(models.Model):
         FENCED = "fenced"
         CAUGHT_UP = "caught_up"
         PROMOTED = "promoted"
-        MAPPED = "mapped"
         REPOINTED = "repointed"
+        MAPPED = "mapped"
         DONE = "done"
         ABORTED = "aborted"
 
@@ -119,8 +121,8 @@ class FailoverJob(models.Model):
         Phase.FENCED,
         Phase.CAUGHT_UP,
         Phase.PROMOTED,
-        Phase.MAPPED,
         Phase.REPOINTED,
+        Phase.MAPPED,
     )
 
     group = models.CharField(max_length=100)

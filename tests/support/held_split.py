@@ -1,6 +1,7 @@
 """Test-only entry point: ``python -m tests.support.held_split shard_split ARGS...`` runs
 ``manage.py shard_split ARGS...`` on the test settings, with a split runner that holds at
-the points the environment names:
+the points the environment names (``shard_failover ARGS...`` likewise holds a failover at
+the phases named):
 
 - ``SPLIT_HOLD_AT``: comma-separated points (``frozen``, ``copy testapp.Post``, ...; see
   ``django_shards.resharding.runner``);
@@ -24,14 +25,17 @@ from tests.support.splitting import MAP_LEASE_SECONDS, FileHold
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] != ["shard_split"]:
-        sys.exit(f"usage: python -m tests.support.held_split shard_split ARGS... (not {argv[:1]})")
+    if argv[:1] not in (["shard_split"], ["shard_failover"]):
+        sys.exit(
+            "usage: python -m tests.support.held_split shard_split|shard_failover ARGS... "
+            f"(not {argv[:1]})"
+        )
     test_settings.DJANGO_SHARDS["MAP_LEASE_SECONDS"] = MAP_LEASE_SECONDS
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     django.setup()
-    from django_shards.management.commands.shard_split import Command
+    from django.core.management import load_command_class
 
-    command = Command()
+    command = load_command_class("django_shards", argv[0])
     points = [p for p in os.environ.get("SPLIT_HOLD_AT", "").split(",") if p]
     if points:
         command.hold = FileHold(points, os.environ["SPLIT_HOLD_FILE"])

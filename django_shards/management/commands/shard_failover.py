@@ -24,6 +24,9 @@ from django_shards.shardmap import get_map
 
 
 class Command(ShardsCommand):
+    #: the failover's hold hook (``Failover(hold=...)``); tests set it to stop at a phase
+    hold: Any = None
+
     help = (
         "Replace a shard's primary by its most advanced replica (failover: the primary is "
         "down), or hand its role to a replica with no write lost (--switchover: the primary "
@@ -51,7 +54,12 @@ class Command(ShardsCommand):
         as_json = options["json"]
         report = (lambda line: None) if as_json else (lambda line: self.stdout.write(line))
         failover = Failover(
-            group, shard, to=options["to"], switchover=options["switchover"], report=report
+            group,
+            shard,
+            to=options["to"],
+            switchover=options["switchover"],
+            report=report,
+            hold=self.hold,
         )
         with self.step(f"read the failover jobs of {group}/{shard}"):
             unfinished = failover.unfinished()
