@@ -2,7 +2,8 @@
 
 Everything comes from :mod:`tests.settings` (``SHARDS_DB=sqlite|mariadb``, the same groups
 and shards, and ``DJANGO_SHARDS["OPERATOR"]`` from ``SHARDS_OPERATOR_USER`` /
-``SHARDS_OPERATOR_PASSWORD`` on MariaDB). The only change: Django's test databases get a
+``SHARDS_OPERATOR_PASSWORD`` and ``SHARDS_REPLICATION_USER`` / ``SHARDS_REPLICATION_PASSWORD``
+on MariaDB). The only change: Django's test databases get a
 ``test_bench_`` prefix on MariaDB (and ``SHARDS_TEST_SUFFIX``, when set, as a suffix), so
 a benchmark never drops or fills the databases a concurrent test run uses (``test_catalog``,
 ``test_shard0`` ...), nor those of a benchmark run with another suffix. The app user may

@@ -2,7 +2,8 @@
 
 SQLite by default (a catalog file and shard files, each shard with a replica alias that
 reads the same file). With ``SHARDS_DB=mariadb`` the URLs come from the environment, as
-written by ``scripts/mariadb-topology env``: primaries with real GTID replicas.
+written by ``scripts/mariadb-topology env``: primaries with real GTID replicas, and the HA
+trio for failover (``h0`` on f0, with its semi-synchronous replicas ``h0_r1``, ``h0_r2``).
 """
 
 import os
@@ -14,6 +15,7 @@ import environ
 env = environ.Env()
 SHARDS_DB = env.str("SHARDS_DB", default="sqlite")
 SHARD_COUNT = 6  # s0..s3 serve the groups; s4, s5 are spare primaries for splits
+HA_REPLICAS = ("h0_r1", "h0_r2")  # h0's replicas (the topology's f1, f2; f0 is h0)
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -70,6 +72,9 @@ if SHARDS_DB == "mariadb":
     for i in range(SHARD_COUNT):
         DATABASES[f"s{i}"] = _mysql(f"S{i}_URL")
         DATABASES[f"s{i}_r1"] = {**_mysql(f"S{i}_R1_URL"), "TEST": {"MIRROR": f"s{i}"}}
+    DATABASES["h0"] = _mysql("HA_URL")
+    for _n, _alias in enumerate(HA_REPLICAS, start=1):
+        DATABASES[_alias] = {**_mysql(f"HA_R{_n}_URL"), "TEST": {"MIRROR": "h0"}}
 else:
     _dir = Path(os.environ.get("SHARDS_SQLITE_DIR") or tempfile.mkdtemp(prefix="shards-tests-"))
 
@@ -85,6 +90,9 @@ else:
     for i in range(SHARD_COUNT):
         DATABASES[f"s{i}"] = _sqlite(f"s{i}")
         DATABASES[f"s{i}_r1"] = {**_sqlite(f"s{i}"), "TEST": {"MIRROR": f"s{i}"}}
+    DATABASES["h0"] = _sqlite("h0")
+    for _alias in HA_REPLICAS:
+        DATABASES[_alias] = {**_sqlite("h0"), "TEST": {"MIRROR": "h0"}}
 
 
 # A subprocess started by a test (a split killed with SIGKILL, a "fresh process") must see
@@ -100,18 +108,21 @@ if env.bool("SHARDS_USE_TEST_DATABASES", default=False):
             _cfg["NAME"] = _test.get("NAME") or f"test_{_cfg['NAME']}"
             _cfg["TEST"] = {}
     for _alias, _cfg in DATABASES.items():  # mirrors again, now that primaries are renamed
-        if _alias.endswith("_r1"):
-            _cfg["NAME"] = DATABASES[_alias[: -len("_r1")]]["NAME"]
+        if "MIRROR" in _cfg["TEST"]:
+            _cfg["NAME"] = DATABASES[_cfg["TEST"]["MIRROR"]]["NAME"]
+
+
+def _shard(name, replicas, rng=None):
+    shard = {"NAME": name, "PRIMARY": name, "REPLICAS": list(replicas)}
+    if rng is not None:
+        shard["RANGE"] = rng
+    return shard
 
 
 def _shards(*indexes, ranges=None):
-    out = []
-    for n, i in enumerate(indexes):
-        shard = {"NAME": f"s{i}", "PRIMARY": f"s{i}", "REPLICAS": [f"s{i}_r1"]}
-        if ranges:
-            shard["RANGE"] = ranges[n]
-        out.append(shard)
-    return out
+    return [
+        _shard(f"s{i}", [f"s{i}_r1"], ranges[n] if ranges else None) for n, i in enumerate(indexes)
+    ]
 
 
 DJANGO_SHARDS = {
@@ -131,19 +142,29 @@ DJANGO_SHARDS = {
         "metrics": {"STRATEGY": "hash", "SHARDS": _shards(0, 1, 2, 3)},
         # legacy codes: the naive scheme
         "legacy": {"STRATEGY": "modulo", "SHARDS": _shards(0, 1)},
+        # deposits by account: one shard, every key, on the HA trio (failover and switchover)
+        "ha": {
+            "STRATEGY": "range",
+            "SHARDS": [_shard("h0", HA_REPLICAS, [None, None])],
+        },
     },
     "CATALOG": "default",
     "PIN_AFTER_WRITE_SECONDS": 2.0,
     "MAP_LEASE_SECONDS": 1.0,
 }
 
-# the operator account of the topology (binlog streams of the online split), from its env
-# file; the topology has no separate replication account for the app to use
+# the operator account of the topology (binlog streams of the online split, promotion), and
+# its replication account (replicas repointed by a failover), from its env file
 if SHARDS_DB == "mariadb" and env.str("SHARDS_OPERATOR_USER", default=""):
     DJANGO_SHARDS["OPERATOR"] = {
         "USER": env.str("SHARDS_OPERATOR_USER"),
         "PASSWORD": env.str("SHARDS_OPERATOR_PASSWORD", default=""),
     }
+    if env.str("SHARDS_REPLICATION_USER", default=""):
+        DJANGO_SHARDS["OPERATOR"]["REPLICATION_USER"] = env.str("SHARDS_REPLICATION_USER")
+        DJANGO_SHARDS["OPERATOR"]["REPLICATION_PASSWORD"] = env.str(
+            "SHARDS_REPLICATION_PASSWORD", default=""
+        )
 
 STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,5 +1,5 @@
 """Models of the test project: a small social network sharded by author, plus one model
-per strategy, and unsharded twins for differential tests."""
+per strategy, one on the HA trio, and unsharded twins for differential tests."""
 
 from django.db import models
 from django.utils import timezone
@@ -73,6 +73,16 @@ class LegacyCode(models.Model):
     label = models.CharField(max_length=100, blank=True)
 
     objects = ShardedManager(group="legacy", key="code")
+
+
+class Deposit(models.Model):
+    """On the HA trio's one shard (group ``ha``): what the failover tests write and count."""
+
+    id = SnowflakeField(primary_key=True)
+    account = models.IntegerField()
+    amount = models.IntegerField(default=0)
+
+    objects = ShardedManager(group="ha", key="account")
 
 
 class Tag(models.Model):
