@@ -243,6 +243,14 @@ class Failover:
         from django.db import connections
 
         shard = registry.refresh(self.group).shard_named(self.shard_name)
+        kind = Kind.SWITCHOVER if self.switchover else Kind.FAILOVER
+        if not shard.replicas:
+            raise FailoverError(f"Shard {self.group}/{shard.name} has no replica to promote.")
+        if self.to is not None and self.to not in shard.replicas:
+            raise FailoverError(
+                f"--to {self.to!r} is not a replica of shard {self.group}/{shard.name} "
+                f"(replicas: {', '.join(shard.replicas)})."
+            )
         for alias in shard.aliases:
             if alias not in connections.settings or connections[alias].vendor != "mysql":
                 raise FailoverError(
@@ -253,14 +261,6 @@ class Failover:
             raise FailoverError(
                 'DJANGO_SHARDS["OPERATOR"] is not configured: promoting a replica and '
                 "repointing the others need the operator account. Nothing was changed."
-            )
-        kind = Kind.SWITCHOVER if self.switchover else Kind.FAILOVER
-        if not shard.replicas:
-            raise FailoverError(f"Shard {self.group}/{shard.name} has no replica to promote.")
-        if self.to is not None and self.to not in shard.replicas:
-            raise FailoverError(
-                f"--to {self.to!r} is not a replica of shard {self.group}/{shard.name} "
-                f"(replicas: {', '.join(shard.replicas)})."
             )
         primary = probe(shard.primary, replica=False)
         if kind == Kind.FAILOVER and primary.reachable:

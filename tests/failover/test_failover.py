@@ -1,0 +1,367 @@
+"""Failover and switchover on the real HA trio (``scripts/mariadb-topology``: f0 primary,
+f1 and f2 its semi-synchronous replicas, ``AFTER_SYNC``), group ``ha``, shard ``h0``
+(aliases ``h0``, ``h0_r1``, ``h0_r2``).
+
+Real processes are killed (``mariadb-topology kill``: SIGKILL) and the commands are run as
+an operator would. Writers record every write the database acknowledged; afterwards each
+one must be on the new primary. The trio is put back (``ha_trio``) before and after each
+test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from django_shards.exceptions import ShardUnavailable
+from django_shards.models import FailoverJob
+from django_shards.operator import operator_connect
+from django_shards.shardmap import get_map, registry
+from tests.support.backend import MARIADB
+from tests.support.ha import ha_trio  # noqa: F401 - the fixture
+from tests.support.split_process import SplitProcess
+from tests.support.splitting import MAP_LEASE_SECONDS
+from tests.testapp.models import Deposit
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, SHARD = "ha", "h0"
+PRIMARY, REPLICAS = "h0", ("h0_r1", "h0_r2")
+SERVER = {"h0": "f0", "h0_r1": "f1", "h0_r2": "f2"}
+DEADLINE = 60.0
+
+pytestmark = [
+    pytest.mark.mariadb,
+    pytest.mark.skipif(
+        not (MARIADB and settings.DJANGO_SHARDS.get("OPERATOR")),
+        reason="failover needs the MariaDB HA trio and the OPERATOR account",
+    ),
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("ha_trio"),
+]
+
+
+@pytest.fixture(autouse=True)
+def short_lease(settings):
+    settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "MAP_LEASE_SECONDS": MAP_LEASE_SECONDS}
+    registry.reset()
+    yield
+    registry.reset()
+
+
+def topology(*args: str) -> str:
+    done = subprocess.run(
+        [str(REPO / "scripts" / "mariadb-topology"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def failover(*argv: str) -> str:
+    out = io.StringIO()
+    call_command("shard_failover", GROUP, SHARD, "--no-input", *argv, stdout=out)
+    return out.getvalue()
+
+
+def server_state(alias: str) -> dict[str, Any]:
+    """read_only, and the replication source's port (None: not a replica), as the operator."""
+    conn = operator_connect(alias)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@global.read_only")
+            (read_only,) = cursor.fetchone()
+            cursor.execute("SHOW SLAVE STATUS")
+            row = cursor.fetchone()
+            names = [d[0] for d in cursor.description] if cursor.description else []
+        status = dict(zip(names, row, strict=True)) if row else {}
+        return {
+            "read_only": bool(read_only),
+            "source_port": status.get("Master_Port"),
+            "running": status.get("Slave_IO_Running") == "Yes"
+            and status.get("Slave_SQL_Running") == "Yes",
+        }
+    finally:
+        conn.close()
+
+
+def port(alias: str) -> int:
+    return int(connections[alias].settings_dict["PORT"])
+
+
+def ids_on(alias: str, ids: list[int]) -> set[int]:
+    """Which of ``ids`` the server of ``alias`` holds (read as the operator, no routing)."""
+    conn = operator_connect(alias)
+    try:
+        with conn.cursor() as cursor:
+            found: set[int] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                cursor.execute(
+                    f"SELECT id FROM {Deposit._meta.db_table} WHERE id IN "
+                    f"({', '.join(['%s'] * len(chunk))})",
+                    chunk,
+                )
+                found |= {int(r[0]) for r in cursor.fetchall()}
+        return found
+    finally:
+        conn.close()
+
+
+def wait_applied(replica: str, primary: str) -> None:
+    """Block until ``replica`` has applied everything ``primary`` has written."""
+    conn = operator_connect(primary)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@gtid_binlog_pos")
+            (position,) = cursor.fetchone()
+    finally:
+        conn.close()
+    conn = operator_connect(replica)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT MASTER_GTID_WAIT(%s, %s)", [position, DEADLINE])
+            (result,) = cursor.fetchone()
+        assert result == 0, f"{replica} did not apply {position}"
+    finally:
+        conn.close()
+
+
+class Writer(threading.Thread):
+    """Creates deposits through the ORM as fast as it can, retrying ``ShardUnavailable``;
+    records each one the database acknowledged and the longest time one write took from
+    its first attempt to its success."""
+
+    def __init__(self, account: int = 7) -> None:
+        super().__init__(daemon=True)
+        self.account = account
+        self.acked: list[int] = []
+        self.failed_attempts = 0
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.stop_retrying = threading.Event()  # a dead primary: give up the current write
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                started = time.monotonic()
+                while not self.stop.is_set():
+                    try:
+                        deposit = Deposit.objects.create(account=self.account, amount=n)
+                    except ShardUnavailable:
+                        self.failed_attempts += 1
+                        if self.stop_retrying.is_set():
+                            break
+                        time.sleep(0.005)
+                        continue
+                    self.acked.append(deposit.pk)
+                    self.longest = max(self.longest, time.monotonic() - started)
+                    break
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            connections.close_all()
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while len(self.acked) < count:
+            assert self.error is None, self.error
+            assert time.monotonic() < deadline, f"only {len(self.acked)} writes acknowledged"
+            time.sleep(0.01)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.stop_retrying.set()
+        self.join(timeout=DEADLINE)
+        assert not self.is_alive()
+        assert self.error is None, self.error
+
+
+def shard():
+    return registry.refresh(GROUP).shard_named(SHARD)
+
+
+# -- refusals -------------------------------------------------------------------------------
+
+
+def test_a_failover_is_refused_while_the_primary_answers_and_nothing_changes():
+    version = registry.refresh(GROUP).version
+    with pytest.raises(CommandError, match=r"answers.*--switchover") as raised:
+        failover()
+    assert raised.value.returncode == 2
+    assert registry.refresh(GROUP).version == version
+    assert not FailoverJob.objects.exists()
+    assert server_state(PRIMARY)["read_only"] is False
+
+
+def test_a_switchover_dry_run_prints_each_replicas_position_and_changes_nothing():
+    Deposit.objects.create(account=1, amount=1)
+    version = registry.refresh(GROUP).version
+    out = failover("--switchover", "--dry-run")
+    for replica in REPLICAS:
+        assert f"replica {replica}: received 0-" in out
+    assert "chosen: h0_r1" in out and "dry run: nothing was changed." in out
+    assert registry.refresh(GROUP).version == version
+    assert not FailoverJob.objects.exists()
+    assert server_state(PRIMARY)["read_only"] is False
+
+
+def test_to_must_name_a_replica_of_the_shard():
+    with pytest.raises(CommandError, match="not a replica"):
+        failover("--switchover", "--to", "s0")
+
+
+# -- failover of a dead primary -------------------------------------------------------------
+
+
+def test_a_dead_primary_is_replaced_by_its_most_advanced_replica_with_no_acknowledged_write_lost():
+    writer = Writer()
+    writer.start()
+    writer.wait_for(200)
+    topology("kill", SERVER[PRIMARY])  # SIGKILL, writes in flight
+    writer.finish()
+    acked = list(writer.acked)
+
+    out = failover()
+    assert "failover done" in out
+    now = shard()
+    assert now.primary in REPLICAS
+    assert now.demoted == (PRIMARY,)
+    assert PRIMARY not in now.aliases
+    (other,) = [r for r in REPLICAS if r != now.primary]
+    assert now.replicas == (other,)
+    # every acknowledged write survived, on the new primary and on the repointed replica
+    assert ids_on(now.primary, acked) == set(acked)
+    assert get_map(GROUP).shard_for_key(7).primary == now.primary
+    new = Deposit.objects.create(account=7, amount=-1)  # routed to the new primary
+    assert ids_on(now.primary, [new.pk]) == {new.pk}
+    state = server_state(other)
+    assert state["source_port"] == port(now.primary) and state["running"]
+    wait_applied(other, now.primary)
+    assert ids_on(other, [*acked, new.pk]) == {*acked, new.pk}
+    assert FailoverJob.objects.get().phase == FailoverJob.Phase.DONE
+
+    # the old primary comes back: read-only (its configuration), shown demoted, never used
+    topology("start", SERVER[PRIMARY])
+    assert server_state(PRIMARY)["read_only"] is True
+    status = io.StringIO()
+    call_command("shard_status", GROUP, stdout=status)
+    assert f"{PRIMARY} (demoted)" in status.getvalue()
+    # made writable by hand: the watcher fences it again
+    topology("sql", SERVER[PRIMARY], "SET GLOBAL read_only = ON")
+    topology("sql", SERVER[PRIMARY], "SET GLOBAL read_only = OFF")
+    watch = io.StringIO()
+    call_command("shard_watch", GROUP, "--once", stdout=watch)
+    assert f"demoted {PRIMARY} answered writable: made read-only" in watch.getvalue()
+    assert server_state(PRIMARY)["read_only"] is True
+
+
+def test_a_failover_killed_half_way_is_finished_by_running_it_again():
+    Deposit.objects.create(account=3, amount=1)
+    topology("kill", SERVER[PRIMARY])
+    process = SplitProcess(["shard_failover", GROUP, SHARD, "--no-input"], hold_at="promoted")
+    process.kill_when_held()
+    job = FailoverJob.objects.get()
+    assert job.phase == FailoverJob.Phase.PROMOTED
+    assert shard().primary == PRIMARY  # the map is not written yet
+    out = failover()
+    assert f"finishing failover job {job.pk} from phase promoted" in out
+    job.refresh_from_db()
+    assert job.phase == FailoverJob.Phase.DONE
+    assert [s["step"] for s in job.steps] == [
+        "planned",
+        "caught up",
+        "promoted",
+        "replicas repointed",
+        "map version written",
+        "done",
+    ]
+    assert shard().primary == job.new_primary
+
+
+def test_shard_watch_fails_over_a_primary_after_its_consecutive_failed_probes():
+    Deposit.objects.create(account=5, amount=1)
+    topology("kill", SERVER[PRIMARY])
+    out = io.StringIO()
+    call_command("shard_watch", GROUP, "--once", "--failures", "2", "--interval", "0.2", stdout=out)
+    text = out.getvalue()
+    assert "failed probe 1/2" in text and "failed probe 2/2" in text
+    assert "failover done" in text
+    assert shard().primary in REPLICAS
+
+
+def test_shard_watch_stops_cleanly_on_sigterm():
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "SHARDS_USE_TEST_DATABASES": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "django", "shard_watch", GROUP, "--interval", "0.2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # until it says it watches (system check notes first)
+            seen.append(line)
+            if line.startswith("watching ha"):
+                break
+        else:
+            raise AssertionError("shard_watch ended before watching:\n" + "".join(seen))
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert rest.strip().endswith("stopped")
+    assert "Traceback" not in rest
+
+
+# -- switchover -----------------------------------------------------------------------------
+
+
+def test_a_switchover_under_writes_loses_nothing_and_no_write_waits_over_a_second():
+    writer = Writer(account=9)
+    writer.start()
+    writer.wait_for(100)
+    out = failover("--switchover", "--to", "h0_r2")
+    count = len(writer.acked)
+    writer.wait_for(count + 100)  # writes go on, on the new primary
+    writer.finish()
+    assert "switchover done" in out
+    now = shard()
+    assert now.primary == "h0_r2"
+    assert set(now.replicas) == {"h0_r1", PRIMARY} and now.demoted == ()
+    assert writer.longest <= 1.0, f"a write took {writer.longest:.3f}s"
+    assert ids_on("h0_r2", writer.acked) == set(writer.acked)
+    old = server_state(PRIMARY)
+    assert old["read_only"] and old["running"] and old["source_port"] == port("h0_r2")
+    other = server_state("h0_r1")
+    assert other["running"] and other["source_port"] == port("h0_r2")
+    wait_applied(PRIMARY, "h0_r2")
+    assert ids_on(PRIMARY, writer.acked) == set(writer.acked)
