@@ -20,7 +20,7 @@ from tests.support.backend import MARIADB, settings_changed
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 LINE = re.compile(r"^\[(\d+)/(\d+)\] (\w+): (.*)$", re.M)
-USERS_PRIMARIES = {"s0", "s1", "s2", "s3"}  # the primaries of every group's map
+SHARD_PRIMARIES = {"s0", "s1", "s2", "s3", "h0"}  # the primaries of every group's map
 
 
 def shard_migrate(*argv: str) -> str:
@@ -87,29 +87,32 @@ def tables(alias: str) -> set[str]:
 def test_migrates_every_shard_primary_and_reports_each_and_running_again_changes_nothing():
     output = shard_migrate()
     assert output.splitlines()[0] == (
-        "Migrating 4 shard primaries (s0, s1, s2, s3); not the catalog (default)."
+        "Migrating 5 shard primaries (s0, s1, s2, s3, h0); not the catalog (default)."
     )
     done = reports(output)
-    assert set(done) == USERS_PRIMARIES  # no catalog, no replica, no spare alias
+    assert set(done) == SHARD_PRIMARIES  # no catalog, no replica, no spare alias
     assert all(applied(text) == 0 for text in done.values())  # the test databases are current
-    assert output.rstrip().endswith("All 4 shard primaries migrated (0 migrations applied in all).")
+    assert output.rstrip().endswith("All 5 shard primaries migrated (0 migrations applied in all).")
 
 
 def test_fresh_primaries_get_every_migration_in_parallel_and_only_their_groups_tables(tmp_path):
     every_migration = len(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
-    with fresh_databases(sorted(USERS_PRIMARIES), tmp_path):
+    with fresh_databases(sorted(SHARD_PRIMARIES), tmp_path):
         done = reports(shard_migrate())
-        assert set(done) == USERS_PRIMARIES
+        assert set(done) == SHARD_PRIMARIES
         assert {alias: applied(text) for alias, text in done.items()} == dict.fromkeys(
-            USERS_PRIMARIES, every_migration
+            SHARD_PRIMARIES, every_migration
         )
-        # s0 serves every group; s3 serves users and metrics, not events or legacy
-        s0, s3 = tables("s0"), tables("s3")
+        # s0 serves every group but ha; s3 serves users and metrics, not events or legacy; h0
+        # serves ha alone
+        s0, s3, h0 = tables("s0"), tables("s3"), tables("h0")
         assert {"testapp_author", "testapp_post", "testapp_event", "testapp_reading"} <= s0
         assert {"testapp_legacycode", "django_migrations"} <= s0
         assert {"testapp_author", "testapp_reading"} <= s3
         assert not {"testapp_event", "testapp_legacycode"} & s3
-        assert not {"auth_user", "django_shards_shardmapversion", "testapp_tag"} & (s0 | s3)
+        assert not {"auth_user", "django_shards_shardmapversion", "testapp_tag"} & (s0 | s3 | h0)
+        assert {"testapp_deposit", "django_migrations"} <= h0
+        assert "testapp_deposit" not in s0 | s3 and not {"testapp_author", "testapp_event"} & h0
 
         again = reports(shard_migrate())
         assert all(applied(text) == 0 for text in again.values())
@@ -124,12 +127,12 @@ def test_a_failing_primary_is_named_and_the_others_still_migrate(tmp_path):
     with fresh_databases(["s0", "s2", "s3"], tmp_path), unreachable("s1"):
         error, output = failed_migrate()
     assert error.returncode == 1
-    assert "migrate failed on 1 of 4 shard primaries: s1; the others are migrated." in str(error)
+    assert "migrate failed on 1 of 5 shard primaries: s1; the others are migrated." in str(error)
     done = reports(output)
-    assert set(done) == USERS_PRIMARIES
+    assert set(done) == SHARD_PRIMARIES
     assert done["s1"].startswith("FAILED: OperationalError: ")
     assert all(applied(done[alias]) > 0 for alias in ("s0", "s2", "s3"))
-    assert "All 4" not in output
+    assert "All 5" not in output
 
 
 def test_unknown_group_is_a_usage_error_and_migrates_nothing():
@@ -137,7 +140,7 @@ def test_unknown_group_is_a_usage_error_and_migrates_nothing():
     with pytest.raises(CommandError) as excinfo:
         call_command("shard_migrate", "nope", stdout=out)
     assert excinfo.value.returncode == 2
-    assert "Shard group 'nope' does not exist (groups: users, events, metrics, legacy)." == str(
+    assert "Shard group 'nope' does not exist (groups: users, events, metrics, legacy, ha)." == str(
         excinfo.value
     )
     assert out.getvalue() == ""

@@ -118,7 +118,8 @@ def test_json_holds_every_group_shard_alias_version_range_and_share():
             assert shard["owns"] == owns[shard["name"]]
             assert shard["share"] == shares.get(shard["name"])
             assert [h["alias"] for h in shard["health"]] == list(expected.aliases)
-            assert [h["role"] for h in shard["health"]] == ["primary", "replica"]
+            roles = ["primary"] + ["replica"] * len(expected.replicas)
+            assert [h["role"] for h in shard["health"]] == roles
             for h in shard["health"]:
                 assert h["reachable"] and h["healthy"] and h["problem"] is None
                 if h["role"] == "replica":
@@ -306,7 +307,7 @@ def test_unknown_group_is_a_usage_error_naming_it_and_the_groups():
     assert excinfo.value.returncode == 2
     message = str(excinfo.value)
     assert "'nope' does not exist" in message
-    assert "groups: users, events, metrics, legacy" in message
+    assert "groups: users, events, metrics, legacy, ha" in message
 
 
 def test_bad_arguments_are_a_usage_error():
