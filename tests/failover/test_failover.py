@@ -11,6 +11,7 @@ test.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -224,6 +225,17 @@ def test_a_switchover_dry_run_prints_each_replicas_position_and_changes_nothing(
     assert server_state(PRIMARY)["read_only"] is False
 
 
+def test_a_failover_with_no_usable_replica_is_refused_and_changes_nothing():
+    for alias in (PRIMARY, *REPLICAS):
+        topology("kill", SERVER[alias])
+    version = registry.refresh(GROUP).version
+    with pytest.raises(CommandError, match="No replica of ha/h0 is usable") as raised:
+        failover()
+    assert raised.value.returncode == 2
+    assert registry.refresh(GROUP).version == version
+    assert not FailoverJob.objects.exists()
+
+
 def test_to_must_name_a_replica_of_the_shard():
     with pytest.raises(CommandError, match="not a replica"):
         failover("--switchover", "--to", "s0")
@@ -239,6 +251,14 @@ def test_a_dead_primary_is_replaced_by_its_most_advanced_replica_with_no_acknowl
     topology("kill", SERVER[PRIMARY])  # SIGKILL, writes in flight
     writer.finish()
     acked = list(writer.acked)
+
+    # the dry run shows each replica's positions and the choice, and changes nothing
+    plan = failover("--dry-run")
+    assert f"primary {PRIMARY}: unreachable" in plan
+    for replica in REPLICAS:
+        assert f"replica {replica}: received 0-" in plan
+    assert "chosen: h0_r" in plan and "demoted h0" in plan
+    assert shard().primary == PRIMARY and not FailoverJob.objects.exists()
 
     out = failover()
     assert "failover done" in out
@@ -265,6 +285,13 @@ def test_a_dead_primary_is_replaced_by_its_most_advanced_replica_with_no_acknowl
     status = io.StringIO()
     call_command("shard_status", GROUP, stdout=status)
     assert f"{PRIMARY} (demoted)" in status.getvalue()
+    status = io.StringIO()
+    call_command("shard_status", GROUP, "--json", stdout=status)
+    (listed,) = json.loads(status.getvalue())["groups"][0]["shards"]
+    assert listed["demoted"] == [PRIMARY] and listed["primary"] == now.primary
+    later = Deposit.objects.create(account=7, amount=-2)
+    assert ids_on(now.primary, [later.pk]) == {later.pk}
+    assert ids_on(PRIMARY, [later.pk]) == set()  # never written to the demoted primary
     # made writable by hand: the watcher fences it again
     topology("sql", SERVER[PRIMARY], "SET GLOBAL read_only = ON")
     topology("sql", SERVER[PRIMARY], "SET GLOBAL read_only = OFF")
