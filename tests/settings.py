@@ -156,15 +156,14 @@ DJANGO_SHARDS = {
 # the operator account of the topology (binlog streams of the online split, promotion), and
 # its replication account (replicas repointed by a failover), from its env file
 if SHARDS_DB == "mariadb" and env.str("SHARDS_OPERATOR_USER", default=""):
-    DJANGO_SHARDS["OPERATOR"] = {
+    _operator = {
         "USER": env.str("SHARDS_OPERATOR_USER"),
         "PASSWORD": env.str("SHARDS_OPERATOR_PASSWORD", default=""),
     }
     if env.str("SHARDS_REPLICATION_USER", default=""):
-        DJANGO_SHARDS["OPERATOR"]["REPLICATION_USER"] = env.str("SHARDS_REPLICATION_USER")
-        DJANGO_SHARDS["OPERATOR"]["REPLICATION_PASSWORD"] = env.str(
-            "SHARDS_REPLICATION_PASSWORD", default=""
-        )
+        _operator["REPLICATION_USER"] = env.str("SHARDS_REPLICATION_USER")
+        _operator["REPLICATION_PASSWORD"] = env.str("SHARDS_REPLICATION_PASSWORD", default="")
+    DJANGO_SHARDS["OPERATOR"] = _operator
 
 STATIC_URL = "/static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
