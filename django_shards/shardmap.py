@@ -273,24 +273,25 @@ def _active_jobs(group: str) -> list[Any]:
     return read_catalog(SplitJob, lambda: list(qs), [])
 
 
-def _failing_over(group: str) -> bool:
-    """True while a failover or switchover of one of ``group``'s shards is unfinished (False
-    without a catalog): its processes then re-read the map every FENCE_POLL_SECONDS, so a
-    new primary is used within that."""
-    from django_shards.models import FailoverJob
-
-    qs = FailoverJob.objects.using(get_config().catalog).filter(
-        group=group, phase__in=FailoverJob.ACTIVE_PHASES
-    )
-    return bool(read_catalog(FailoverJob, qs.exists, False))
-
-
 def _latest_row(group: str) -> Any:
-    """The newest stored version of ``group``, or None (also when the catalog has no tables)."""
-    from django_shards.models import ShardMapVersion
+    """The newest stored version of ``group``, or None (also when the catalog has no tables).
+    Its ``failing_over`` says, in the same query, whether a failover or switchover of one
+    of the group's shards is unfinished: processes then re-read the map every
+    ``FENCE_POLL_SECONDS``, so a new primary is used within that."""
+    from django.db.models import Exists, OuterRef
+
+    from django_shards.models import FailoverJob, ShardMapVersion
 
     catalog = get_config().catalog
-    qs = ShardMapVersion.objects.using(catalog).filter(group=group).order_by("-version")
+    unfinished = FailoverJob.objects.filter(
+        group=OuterRef("group"), phase__in=FailoverJob.ACTIVE_PHASES
+    )
+    qs = (
+        ShardMapVersion.objects.using(catalog)
+        .filter(group=group)
+        .annotate(failing_over=Exists(unfinished))
+        .order_by("-version")
+    )
     return read_catalog(ShardMapVersion, qs.first, None)
 
 
@@ -367,7 +368,6 @@ class MapRegistry:
         # the new map's layout being the job's new layout still says its source holds the
         # moved rows (the job read may show it before cut_over)
         jobs = _active_jobs(group)
-        failing_over = _failing_over(group)
         row = _latest_row(group)
         if row is None and settings_group is None:
             known = ", ".join(config.groups) or "none"
@@ -384,7 +384,7 @@ class MapRegistry:
             else:
                 shard_map = map_from_row(row)
             freezes, holding, fencing = self._split_state(shard_map, jobs)
-            fencing = fencing or failing_over
+            fencing = fencing or bool(getattr(row, "failing_over", False))
             if (
                 freezes != shard_map.freezes
                 or holding != shard_map.holding_unowned
