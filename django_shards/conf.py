@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "MAP_LEASE_SECONDS": 1.0,
     "NODE_ID": None,
     "OPERATOR": None,
+    "LOAD_FLUSH_SECONDS": 10.0,
+    "LOAD_WINDOW_SECONDS": 300.0,
+    "HOT_SHARD_FACTOR": 1.5,
+    "SPARES": [],
 }
 
 #: the keys of ``DJANGO_SHARDS["OPERATOR"]``: the account for work beyond the app's rights
@@ -132,6 +136,14 @@ class OperatorSettings:
 
 
 @dataclass(frozen=True)
+class Spare:
+    """One entry of ``SPARES``: a primary alias and its replicas, free for a new shard."""
+
+    primary: str
+    replicas: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ShardsSettings:
     """The parsed settings; every field comes from :func:`parse` (defaults: :data:`DEFAULTS`)."""
 
@@ -153,6 +165,14 @@ class ShardsSettings:
     replicas: frozenset[str]
     #: ``OPERATOR``, or None when it is not configured
     operator: OperatorSettings | None = None
+    #: how often each process writes its routed-query counts to the catalog (seconds)
+    load_flush_seconds: float = 10.0
+    #: the window ``shard_status`` reports load over (seconds)
+    load_window_seconds: float = 300.0
+    #: a shard whose rows or load exceed this many times its group's mean is hot
+    hot_shard_factor: float = 1.5
+    #: ``SPARES``: databases free for new shards, taken in order (``primary``, replicas)
+    spares: tuple[Spare, ...] = ()
 
 
 def user_settings() -> Any:
@@ -243,6 +263,13 @@ def parse(raw: Mapping[str, Any]) -> ShardsSettings:
             primaries={alias: frozenset(g) for alias, g in primaries.items()},
             replicas=frozenset(replicas),
             operator=_parse_operator(raw.get("OPERATOR")),
+            load_flush_seconds=float(raw["LOAD_FLUSH_SECONDS"]),
+            load_window_seconds=float(raw["LOAD_WINDOW_SECONDS"]),
+            hot_shard_factor=float(raw["HOT_SHARD_FACTOR"]),
+            spares=tuple(
+                Spare(str(s["PRIMARY"]), tuple(str(r) for r in s.get("REPLICAS") or ()))
+                for s in raw["SPARES"] or ()
+            ),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ImproperlyConfigured(

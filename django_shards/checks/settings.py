@@ -110,10 +110,19 @@ def _check_numbers(raw: Mapping[str, Any]) -> list[CheckMessage]:
     value = raw["PIN_AFTER_WRITE_SECONDS"]
     if not (_is_number(value) and value >= 0):
         problems.append(("PIN_AFTER_WRITE_SECONDS", "a number >= 0 (0 turns pinning off)"))
-    for key in ("MAX_REPLICA_LAG_SECONDS", "FANOUT_TIMEOUT_SECONDS", "MAP_LEASE_SECONDS"):
+    for key in (
+        "MAX_REPLICA_LAG_SECONDS",
+        "FANOUT_TIMEOUT_SECONDS",
+        "MAP_LEASE_SECONDS",
+        "LOAD_FLUSH_SECONDS",
+        "LOAD_WINDOW_SECONDS",
+    ):
         value = raw[key]
         if not (_is_number(value) and value > 0):
             problems.append((key, "a number > 0"))
+    value = raw["HOT_SHARD_FACTOR"]
+    if not (_is_number(value) and value > 1):
+        problems.append(("HOT_SHARD_FACTOR", "a number > 1 (times the group's mean)"))
     value = raw["FANOUT_WORKERS"]
     if not (_is_int(value) and value >= 1):
         problems.append(("FANOUT_WORKERS", "an int >= 1"))
