@@ -145,3 +145,31 @@ class FailoverJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.group}/{self.shard}: {self.old_primary} -> {self.new_primary}"
+
+
+class LoadReport(models.Model):
+    """What one process routed to one shard between two flushes (``django_shards.load``):
+    reads, writes, rows and time, and a sample of the points (shard keys) it routed there.
+    Written every ``LOAD_FLUSH_SECONDS``; ``shard_status`` sums the reports of the last
+    ``LOAD_WINDOW_SECONDS``. Old reports are deleted by the flushes."""
+
+    group = models.CharField(max_length=100)
+    shard = models.CharField(max_length=100)
+    process = models.CharField(max_length=255, help_text="host:pid of the process")
+    started = models.DateTimeField(help_text="the counts are from this moment ...")
+    ended = models.DateTimeField(db_index=True, help_text="... to this one")
+    reads = models.PositiveBigIntegerField(default=0)
+    writes = models.PositiveBigIntegerField(default=0)
+    rows = models.PositiveBigIntegerField(default=0)
+    seconds = models.FloatField(default=0.0, help_text="time spent in the shard's queries")
+    sample = models.JSONField(
+        default=list, help_text="routed points (encoded keys), a uniform sample of them"
+    )
+    #: how many points the sample stands for (reads + writes that named a key)
+    sampled_from = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["group", "ended"], name="shards_load_group_ended")]
+
+    def __str__(self) -> str:
+        return f"load {self.group}/{self.shard} {self.process} until {self.ended}"
