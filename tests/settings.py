@@ -151,6 +151,8 @@ DJANGO_SHARDS = {
     "CATALOG": "default",
     "PIN_AFTER_WRITE_SECONDS": 2.0,
     "MAP_LEASE_SECONDS": 1.0,
+    # no load written in the background: the tests flush it themselves (load.flush())
+    "LOAD_FLUSH_SECONDS": 3600,
 }
 
 # the operator account of the topology (binlog streams of the online split, promotion), and
