@@ -1,11 +1,13 @@
-"""URLs of the status page: ``path("shards/", include("django_shards.urls"))``."""
+"""URLs of the status page and the Prometheus metrics (``metrics/``), both staff only:
+``path("shards/", include("django_shards.urls"))``."""
 
 from django.urls import path
 
-from django_shards import views
+from django_shards import metrics, views
 
 app_name = "django_shards"
 
 urlpatterns = [
     path("", views.status, name="status"),
+    path("metrics/", metrics.metrics_view, name="metrics"),
 ]
