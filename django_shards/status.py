@@ -2,8 +2,9 @@
 
 Per group: strategy, map version, each shard's aliases, what it owns (key ranges or ring
 share), the health of every alias, rows per model (estimates from the database's
-statistics by default, exact counts on request), balance (max/mean rows), hot shards with
-a suggested split, and splits in progress. Never includes credentials.
+statistics by default, exact counts on request), its load over ``LOAD_WINDOW_SECONDS``
+(:func:`django_shards.load.window`), balance (max/mean rows), hot shards (by rows or by
+load) with a suggested split, and splits in progress. Never includes credentials.
 
 Nothing here raises for a database that fails: a dead alias, a dead catalog, or an alias
 that the shard map names but ``DATABASES`` lacks (a deploy that forgot it) is reported, as
@@ -17,11 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, connections, models
 from django.utils.connection import ConnectionDoesNotExist
 
+from django_shards import load
 from django_shards.conf import get_config
-from django_shards.exceptions import ShardUnavailable, SplitError
+from django_shards.exceptions import NoShardForKey, ShardUnavailable, SplitError
 from django_shards.health import AliasHealth, is_configured, monitor
 from django_shards.keys import ShardKey, sharded_models
 from django_shards.resharding.plan import default_split_point
@@ -33,10 +36,15 @@ from django_shards.shardmap import (
     read_catalog,
 )
 
-#: a shard holding more than this many times the mean rows of its group is "hot"
-HOT_FACTOR = 1.5
-#: ... and holds at least this many rows (below it, imbalance is noise)
+#: a shard is hot by rows when it holds more than ``HOT_SHARD_FACTOR`` times the mean rows
+#: of its group and at least this many rows (below it, imbalance is noise)
 HOT_MIN_ROWS = 1000
+#: a shard is hot by load when it serves more than ``HOT_SHARD_FACTOR`` times the mean
+#: queries per second of its group and at least this many (reads + writes per second over
+#: the window: below it, imbalance is noise)
+HOT_MIN_QUERIES_PER_SECOND = 1.0
+#: why a shard is hot, in ``ShardStatus.hot``
+HOT_REASONS = ("rows", "load")
 
 
 @dataclass
@@ -50,7 +58,13 @@ class ShardStatus:
     health: list[AliasHealth]
     rows: dict[str, int | None]  # model label -> rows (None: could not be read)
     rows_exact: bool
-    hot: bool = False
+    #: why the shard is hot: "rows", "load", both, or none (empty: not hot)
+    hot: list[str] = field(default_factory=list)
+    #: its load over the window: reads_per_second, writes_per_second, share (of the
+    #: group's queries); None when the catalog's load reports could not be read
+    load: dict[str, float] | None = None
+    #: a hot shard of a strategy that splits at a key: the key that halves its load
+    suggested_split_at: Any = None
     suggestion: str | None = None  # a shard_split command line for a hot shard
     #: former primaries a failover replaced: in the map, never used by the application
     demoted: list[str] = field(default_factory=list)
@@ -138,8 +152,9 @@ class ClusterStatus:
                         out.append(f"{group.name}/{shard.name}: {h.alias} {h.problem}")
                 if shard.hot:
                     out.append(
-                        f"{group.name}/{shard.name}: hot shard ({shard.total_rows} rows, "
-                        f"over {HOT_FACTOR:g}x the mean); suggested: {shard.suggestion}"
+                        f"{group.name}/{shard.name}: hot shard ({hot_text(shard)}, over "
+                        f"{get_config().hot_shard_factor:g}x the mean); suggested: "
+                        f"{shard.suggestion}"
                     )
             for job in group.splits:
                 if job["error"]:
@@ -189,20 +204,119 @@ def _exact_rows(alias: str, model: type[models.Model]) -> int | None:
         return None
 
 
-def _suggestion(group: str, shard_map: ShardMap, shard: str, exact: bool) -> str:
-    """A ``shard_split`` command line for a hot shard, with ``--at`` where the split's
-    default point is one (read only with exact counts: it reads the shard's keys)."""
+def hot_text(shard: ShardStatus) -> str:
+    """Why ``shard`` is hot, in words: ``1200 rows; load 80.0% of the group's queries``."""
+    parts = []
+    if "rows" in shard.hot:
+        parts.append(f"{shard.total_rows} rows")
+    if "load" in shard.hot and shard.load is not None:
+        rate = shard.load["reads_per_second"] + shard.load["writes_per_second"]
+        parts.append(f"load {100 * shard.load['share']:.1f}% of the group's queries ({rate:.1f}/s)")
+    return "; ".join(parts)
+
+
+def _suggestion(group: str, shard_map: ShardMap, shard: str, at: Any) -> str:
+    """A ``shard_split`` command line for a hot shard, with ``--at`` when a split key is
+    known (without it, ``shard_split`` picks its own default point)."""
     strategy = shard_map.strategy
     if strategy.split_refusal is not None:
         return strategy.split_refusal
     base = f"manage.py shard_split {group} {shard} --to NEW --primary ALIAS"
-    if not exact:
-        return base  # shard_split without --at picks the same default point itself
-    try:
-        at = default_split_point(shard_map, shard)
-    except (SplitError, DatabaseError, ConnectionDoesNotExist):
-        return base
     return base if at is None else f"{base} --at {at}"
+
+
+def _splits_at(shard_map: ShardMap, shard: str, at: Any) -> bool:
+    """True when a split of ``shard`` at ``at`` is possible (strictly inside its range)."""
+    try:
+        shard_map.strategy.split(shard_map.layout, shard, "\x00probe", at)
+    except (SplitError, TypeError, ValueError):
+        return False
+    return True
+
+
+def suggested_split_point(
+    shard_map: ShardMap,
+    shard: str,
+    sample: list[tuple[Any, float]],
+    key: ShardKey | None,
+    *,
+    read_rows: bool = True,
+) -> Any:
+    """The key that halves ``shard``'s load, for a strategy that splits at a key (None for
+    the others): the weighted median of the keys sampled from its queries
+    (:func:`django_shards.load.weighted_median`), decoded to the key type, keeping only
+    keys the shard still owns; when that median is the shard's lower bound (no split
+    there), the next sampled key above it. Without a usable sample: the median key stored
+    (read from the shard only when ``read_rows``), else None."""
+    strategy = shard_map.strategy
+    if not strategy.splits_at_key or strategy.split_refusal is not None:
+        return None
+    owned = []
+    for point, weight in sample if key is not None else ():
+        try:
+            value = key.normalize(point)
+            if strategy.shard_for_key(shard_map.layout, value) == shard:
+                owned.append((value, weight))
+        except (NoShardForKey, TypeError, ValueError, DjangoValidationError):
+            continue  # sampled under an older map, or not a key of this type
+    at = load.weighted_median(owned)
+    if at is not None and not _splits_at(shard_map, shard, at):
+        above = sorted({v for v, _ in owned if v > at})
+        at = next((v for v in above if _splits_at(shard_map, shard, v)), None)
+    if at is not None or not read_rows:
+        return at
+    try:
+        return default_split_point(shard_map, shard)
+    except (SplitError, DatabaseError, ConnectionDoesNotExist):
+        return None
+
+
+def _read_load(group: str) -> dict[str, load.ShardLoad]:
+    """``load.window(group)`` (empty before the catalog is migrated); raises
+    ``CatalogUnreadable`` when the catalog fails."""
+    from django_shards.models import LoadReport
+
+    return read_catalog(LoadReport, lambda: load.window(group), {})
+
+
+def _mark_hot(
+    group: str,
+    shard_map: ShardMap,
+    shards: list[ShardStatus],
+    loads: dict[str, load.ShardLoad] | None,
+    *,
+    key: ShardKey | None,
+    read_rows: bool,
+) -> None:
+    """Set ``hot``, ``suggested_split_at`` and ``suggestion`` of ``shards`` (of one group):
+    hot by rows over ``HOT_SHARD_FACTOR`` x the mean rows (and at least ``HOT_MIN_ROWS``),
+    by load over ``HOT_SHARD_FACTOR`` x the mean queries per second (and at least
+    ``HOT_MIN_QUERIES_PER_SECOND``), over the shards that own keys."""
+    factor = get_config().hot_shard_factor
+    owning = [s for s in shards if not s.pending]
+    totals = [s.total_rows for s in owning if s.total_rows is not None]
+    mean_rows = statistics.fmean(totals) if totals else 0.0
+    rates = {s.name: _rate(s.load) for s in owning}
+    mean_rate = statistics.fmean(rates.values()) if rates else 0.0
+    for s in owning:
+        total = s.total_rows or 0
+        if mean_rows and total >= HOT_MIN_ROWS and total > factor * mean_rows:
+            s.hot.append("rows")
+        rate = rates[s.name]
+        if mean_rate and rate >= HOT_MIN_QUERIES_PER_SECOND and rate > factor * mean_rate:
+            s.hot.append("load")
+        if s.hot:
+            sample = loads[s.name].weighted_sample if loads and s.name in loads else []
+            s.suggested_split_at = suggested_split_point(
+                shard_map, s.name, sample, key, read_rows=read_rows
+            )
+            s.suggestion = _suggestion(group, shard_map, s.name, s.suggested_split_at)
+
+
+def _rate(shard_load: dict[str, float] | None) -> float:
+    if not shard_load:
+        return 0.0
+    return shard_load["reads_per_second"] + shard_load["writes_per_second"]
 
 
 def collect_status(groups: list[str] | None = None, *, exact_counts: bool = False) -> ClusterStatus:
@@ -265,13 +379,22 @@ def collect_status(groups: list[str] | None = None, *, exact_counts: bool = Fals
                     rows_exact=exact,
                 )
             )
-        totals = [s.total_rows for s in shards if not s.pending and s.total_rows is not None]
-        mean = statistics.fmean(totals) if totals else 0
+        try:
+            loads = _read_load(name)
+        except CatalogUnreadable as exc:
+            loads = None
+            catalog_error = catalog_error or str(exc)
+        idle = load.ShardLoad(0.0, 0.0, 0.0, 0, 0)
         for s in shards:
-            total = s.total_rows or 0
-            if not s.pending and mean and total >= HOT_MIN_ROWS and total > HOT_FACTOR * mean:
-                s.hot = True
-                s.suggestion = _suggestion(name, shard_map, s.name, exact_counts)
+            s.load = None if loads is None else loads.get(s.name, idle).as_dict()
+        _mark_hot(
+            name,
+            shard_map,
+            shards,
+            loads,
+            key=keys[0] if keys else None,
+            read_rows=exact_counts,
+        )
         active = SplitJob.objects.using(config.catalog).filter(
             group=name, phase__in=SplitJob.ACTIVE_PHASES
         )

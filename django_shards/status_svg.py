@@ -6,8 +6,9 @@ One ``<svg class="shard-map" data-group="NAME">`` per group, no script, no exter
   (``strategies/*_svg.py``: ``range`` and ``hash`` as a bar of intervals, ``modulo`` as
   equal slices, ``consistent_hash`` as a ring; any other layout as slices of its share);
 - per shard: a colour swatch and name, one health dot per alias (square: primary, round:
-  replica; green ok, amber lagging, red down) and a bar of its rows, a hot shard outlined
-  in red.
+  replica; green ok, amber lagging, red down), a bar of its rows and under it a thin bar of
+  its load (share of the group's queries over ``LOAD_WINDOW_SECONDS``); the bar of what
+  makes a shard hot (rows, load) is outlined in red.
 
 Everything a shard contributes sits in one ``<g class="shard" data-shard="NAME">`` with
 ``<title>`` tooltips, so tests and stylesheets can find it. Every text and attribute is
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 
 from django.utils.safestring import SafeString, mark_safe
 
+from django_shards.conf import get_config
 from django_shards.health import AliasHealth
 from django_shards.shardmap import ShardMap
-from django_shards.status import HOT_FACTOR, GroupStatus, ShardStatus
+from django_shards.status import GroupStatus, ShardStatus
 from django_shards.svg import (
     BAR_X0,
     CHAR_WIDTH,
@@ -76,6 +78,12 @@ _SEVERITY = {"ok": 0, "lagging": 1, "down": 2}
 
 
 HOT_COLOUR = HEALTH_COLOURS["down"]
+
+
+def _hot_factor() -> str:
+    return f"{get_config().hot_shard_factor:g}"
+
+
 # the per-shard panel
 ROW_H = 30.0
 
@@ -200,6 +208,7 @@ def _panel_row(
     colour: str,
     max_rows: int,
     show_share: bool,
+    max_share: float = 0.0,
 ) -> list[str]:
     y = p.y0 + 24 + i * ROW_H + ROW_H / 2  # the row's middle
     out = [
@@ -248,23 +257,27 @@ def _panel_row(
         )
         return out
     length = p.bar_w * total / max_rows if max_rows else 0
+    hot_rows = "rows" in shard.hot
     bar = el(
         "rect",
         {
-            "class": "rows-bar hot" if shard.hot else "rows-bar",
+            "class": "rows-bar hot" if hot_rows else "rows-bar",
             "x": p.bar_x,
-            "y": y - 8,
+            "y": y - 10,
             "width": max(length, 1.0),
-            "height": 16,
+            "height": 13,
             "fill": colour,
-            "stroke": HOT_COLOUR if shard.hot else None,
-            "stroke-width": 2.5 if shard.hot else None,
+            "stroke": HOT_COLOUR if hot_rows else None,
+            "stroke-width": 2.5 if hot_rows else None,
         },
     )
     label = ("" if shard.rows_exact else "≈ ") + f"{count(total)} rows"
+    if shard.load is not None:
+        label += f" · {percent(shard.load['share'])} of load"
     # a white halo keeps the label readable where it crosses the mean line
     halo = {"stroke": "#fff", "stroke_width": 4, "paint_order": "stroke", "class": "rows-label"}
     parts = [tip, bar, text(p.bar_x + length + 8, y + 4, label, fill=INK, **halo)]
+    parts += _load_bar(p, shard, colour, y, max_share)
     if shard.hot:
         parts.append(
             text(
@@ -278,6 +291,37 @@ def _panel_row(
         )
     out.append(el("g", {"class": "rows"}, *parts))
     return out
+
+
+def _load_bar(p: _Panel, shard: ShardStatus, colour: str, y: float, max_share: float) -> list[str]:
+    """The thin bar of the shard's load under its rows bar (nothing when unreadable)."""
+    if shard.load is None:
+        return []
+    hot_load = "load" in shard.hot
+    reads, writes = shard.load["reads_per_second"], shard.load["writes_per_second"]
+    tip = (
+        f"{shard.name}: {reads:.1f} reads/s, {writes:.1f} writes/s, "
+        f"{percent(shard.load['share'])} of the group's queries"
+        f" (over the last {get_config().load_window_seconds:g} s)"
+    )
+    length = p.bar_w * shard.load["share"] / max_share if max_share else 0
+    return [
+        el(
+            "rect",
+            {
+                "class": "load-bar hot" if hot_load else "load-bar",
+                "x": p.bar_x,
+                "y": y + 5,
+                "width": max(length, 1.0),
+                "height": 5,
+                "fill": colour,
+                "fill-opacity": 0.6,
+                "stroke": HOT_COLOUR if hot_load else None,
+                "stroke-width": 1.5 if hot_load else None,
+            },
+            title(tip),
+        )
+    ]
 
 
 def _mean_line(group: GroupStatus, p: _Panel, max_rows: int) -> tuple[float | None, str]:
@@ -299,7 +343,7 @@ def _mean_line(group: GroupStatus, p: _Panel, max_rows: int) -> tuple[float | No
             "stroke-width": 1,
             "stroke-dasharray": "4 3",
         },
-        title(f"mean rows per shard: {mean:,.0f} (hot: over {HOT_FACTOR:g}x the mean)"),
+        title(f"mean rows per shard: {mean:,.0f} (hot: over {_hot_factor()}x the mean)"),
     )
     return x, line
 
@@ -335,7 +379,13 @@ def _legend(y: float) -> list[str]:
         )
     )
     out.append(
-        text(x + 28, y, f"hot: over {HOT_FACTOR:g}x the mean rows", font_size=11, fill=MUTED)
+        text(
+            x + 28,
+            y,
+            f"hot: over {_hot_factor()}x the mean rows (thick bar) or load (thin bar)",
+            font_size=11,
+            fill=MUTED,
+        )
     )
     return [el("g", {"class": "legend"}, *out)]
 
@@ -402,6 +452,7 @@ def shard_map_svg(group: GroupStatus, shard_map: ShardMap) -> SafeString:
     height = max(panel_bottom, drawing.bottom) + 34
 
     max_rows = max((s.total_rows or 0 for s in group.shards), default=0)
+    max_share = max((s.load["share"] for s in group.shards if s.load), default=0.0)
     mean_x, mean_line = _mean_line(group, panel, max_rows)
 
     shard_groups = []
@@ -421,7 +472,13 @@ def shard_map_svg(group: GroupStatus, shard_map: ShardMap) -> SafeString:
         if owns:
             body.append(el("g", {"class": "owns"}, title(owns_tip), *owns))
         body += _panel_row(
-            panel, i, shard, colours[shard.name], max_rows, show_share=panel.share_w > 0
+            panel,
+            i,
+            shard,
+            colours[shard.name],
+            max_rows,
+            show_share=panel.share_w > 0,
+            max_share=max_share,
         )
         shard_groups.append(
             el(
@@ -432,6 +489,7 @@ def shard_map_svg(group: GroupStatus, shard_map: ShardMap) -> SafeString:
                     "data-shard": shard.name,
                     "data-health": worst_state(states),
                     "data-hot": "true" if shard.hot else "false",
+                    "data-hot-reasons": " ".join(shard.hot),
                     "data-pending": "true" if shard.pending else "false",
                     "data-colour": colours[shard.name],
                 },

@@ -21,7 +21,7 @@ from django.views.decorators.cache import never_cache
 from django_shards.conf import get_config
 from django_shards.health import AliasHealth
 from django_shards.shardmap import get_map
-from django_shards.status import HOT_FACTOR, GroupStatus, ShardStatus, collect_status
+from django_shards.status import GroupStatus, ShardStatus, collect_status
 from django_shards.status_svg import (
     HEALTH_COLOURS,
     health_state,
@@ -70,6 +70,7 @@ class ShardRow:
     rows: list[str]  # one cell per model of the group, in GroupStatus.models order
     total: str
     share: str
+    load: list[str]  # reads/s, writes/s, share of the group's queries ("?": unreadable)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ def _rows_text(value: int | None, exact: bool) -> str:
     if value is None:
         return "?"
     return f"{value:,}" if exact else f"≈ {value:,}"
+
+
+def _load_cells(load: dict[str, float] | None) -> list[str]:
+    if load is None:
+        return ["?", "?", "?"]
+    return [
+        f"{load['reads_per_second']:,.1f}",
+        f"{load['writes_per_second']:,.1f}",
+        f"{100 * load['share']:.1f}%",
+    ]
 
 
 def _group_view(group: GroupStatus) -> GroupView:
@@ -111,6 +122,7 @@ def _group_view(group: GroupStatus) -> GroupView:
                 rows=[_rows_text(shard.rows.get(m), shard.rows_exact) for m in group.models],
                 total=_rows_text(shard.total_rows, shard.rows_exact),
                 share=share,
+                load=_load_cells(shard.load),
             )
         )
     balance = group.balance
@@ -152,7 +164,8 @@ def status(request: HttpRequest) -> HttpResponse:
         "estimated": any(not s.rows_exact for g in cluster.groups for s in g.shards),
         "selected_group": group,
         "health_colours": HEALTH_COLOURS,
-        "hot_factor": f"{HOT_FACTOR:g}",
+        "hot_factor": f"{get_config().hot_shard_factor:g}",
+        "load_window": f"{get_config().load_window_seconds:g}",
         "generated": timezone.now(),
     }
     return render(request, "django_shards/status.html", context)

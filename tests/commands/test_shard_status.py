@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 
 from django_shards import shard_for
 from django_shards.conf import get_config
@@ -175,7 +176,8 @@ def test_exact_counts_match_the_rows_on_each_shard():
             total = sum(expected[group["name"], shard["name"], m] for m in group["models"])
             assert shard["total_rows"] == total
             row = shard_row(output, group["name"], shard["name"])
-            assert row.split()[-1] == str(total)  # the last column of a cool shard: total
+            # a cool shard's last columns: total, then reads/s, writes/s and load share
+            assert row.split()[-4:] == [str(total), "0.0", "0.0", "0.0%"]
     assert "~" not in output
 
 
@@ -208,19 +210,34 @@ def test_hot_range_shard_is_flagged_with_a_split_at_its_median_key():
     suggestion = f"manage.py shard_split events s0 --to NEW --primary ALIAS --at {median}"
 
     output = shard_status("--counts")
-    assert shard_row(output, "events", "s0").endswith("HOT")
-    assert not shard_row(output, "events", "s1").endswith("HOT")
+    assert shard_row(output, "events", "s0").endswith("HOT: rows")
+    assert "HOT" not in shard_row(output, "events", "s1")
     problems = output.split("problems:", 1)[1]
     assert f"events/s0: hot shard ({len(accounts)} rows, over 1.5x the mean)" in problems
     assert f"suggested: {suggestion}" in problems
 
     data = status_json("events", "--counts")
-    s0 = data["groups"][0]["shards"][0]
-    assert s0["name"] == "s0" and s0["hot"] is True and s0["suggestion"] == suggestion
+    s0, s1, _ = data["groups"][0]["shards"]
+    assert s0["name"] == "s0" and s0["hot"] == ["rows"] and s0["suggestion"] == suggestion
+    assert s0["suggested_split_at"] == median  # no load sample: the row median
+    assert s1["hot"] == [] and s1["suggested_split_at"] is None
     assert data["healthy"] is True  # hot is a warning
     assert data["groups"][0]["balance"] == pytest.approx(len(accounts) / ((len(accounts) + 20) / 3))
     code, output = exit_code("events", "--counts", "--check")
     assert code == 0 and "overall: healthy" in output
+
+
+def test_hot_shard_factor_setting_decides_what_is_hot():
+    accounts = [(i * 7) % 1000 for i in range(HOT_MIN_ROWS + 200)]
+    make_events(accounts)
+    make_events(range(1000, 1000 + 600))
+    make_events(range(2000, 2000 + 600))
+    s0 = status_json("events", "--counts")["groups"][0]["shards"][0]
+    assert s0["hot"] == []  # 1200 rows against a mean of 800: under 1.5x
+    djs = {**settings.DJANGO_SHARDS, "HOT_SHARD_FACTOR": 1.2}
+    with override_settings(DJANGO_SHARDS=djs):
+        s0 = status_json("events", "--counts")["groups"][0]["shards"][0]
+    assert s0["hot"] == ["rows"]
 
 
 # -- splits in progress ----------------------------------------------------------------

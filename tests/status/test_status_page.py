@@ -300,6 +300,12 @@ def test_hot_shard_pending_split_target_and_finished_split_are_shown(staff_clien
     assert users["s1"].get("data-hot") == "true"
     assert [r for r in users["s1"].iter(f"{SVG}rect") if has_class(r, "hot")]
     assert "HOT" in "".join(users["s1"].itertext())
+    assert users["s1"].get("data-hot-reasons") == "rows"
+    # a load bar for every shard (no queries counted here: all at 0% of the load)
+    for name, g in users.items():
+        (load_bar,) = [r for r in g.iter(f"{SVG}rect") if has_class(r, "load-bar")]
+        assert "0.0 reads/s, 0.0 writes/s" in load_bar.find(f"{SVG}title").text, name
+    assert "Reads/s</th>" in html and "Writes/s</th>" in html
     assert all(users[n].get("data-hot") == "false" for n in ("s0", "s2", "s3", "s5"))
     assert users["s5"].get("data-pending") == "true"
     assert not users["s5"].findall(f".//{SVG}path")  # owns no arc of the ring yet
@@ -332,7 +338,7 @@ def test_json_format_is_the_cluster_status(staff_client, example_cluster):
     assert users["version"] == 2
     assert [s["name"] for s in users["shards"]] == ["s0", "s1", "s2", "s3", "s5"]
     s1 = users["shards"][1]
-    assert s1["hot"] is True and s1["rows"]["testapp.Author"] == 1200
+    assert s1["hot"] == ["rows"] and s1["rows"]["testapp.Author"] == 1200
     assert users["splits"][0]["target"] == "s5"
     assert users["splits"][0]["copy"] == {"rows": 600, "tables_done": 1, "tables": 1}
     assert any("hot shard" in p for p in data["problems"])

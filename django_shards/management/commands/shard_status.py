@@ -1,8 +1,10 @@
 """``manage.py shard_status [GROUP] [--json] [--counts] [--check]``: the state of the shards.
 
 Per group: strategy, map version, balance and splits in progress; per shard: its aliases,
-what it owns, the health of each alias (replica lag included), rows per model and whether
-it is hot; then every problem, with the suggested split for a hot shard. Reads what
+what it owns, the health of each alias (replica lag included), rows per model, its load
+over ``LOAD_WINDOW_SECONDS`` (reads/s, writes/s, share of the group's queries) and whether
+it is hot, and why (``rows``, ``load``); then every problem, with the suggested split for a
+hot shard. Reads what
 :func:`django_shards.status.collect_status` gathers. Only database aliases are printed,
 never a host, user or password.
 
@@ -33,7 +35,8 @@ class Command(ShardsCommand):
     help = (
         "Show each shard group: strategy, map version, balance, splits in progress, and per "
         "shard its primary and replicas, what it owns, health (replica lag included), rows "
-        "per model and hot shards. --check exits 1 when something is unhealthy."
+        "per model, load (reads/s, writes/s, share) and hot shards (by rows or load). --check "
+        "exits 1 when something is unhealthy."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -143,7 +146,7 @@ def shard_table(group: GroupStatus) -> tuple[list[str], list[list[str]], list[in
     columns = ["shard", "primary", "replicas", "owns"]
     if with_share:
         columns.append("share")
-    columns += ["health", "lag", *group.models, "total", "hot"]
+    columns += ["health", "lag", *group.models, "total", *LOAD_COLUMNS, "hot"]
     rows = []
     for shard in group.shards:
         serving = [*shard.replicas, *(f"{alias} (demoted)" for alias in shard.demoted)]
@@ -152,10 +155,27 @@ def shard_table(group: GroupStatus) -> tuple[list[str], list[list[str]], list[in
             row.append("-" if shard.share is None else f"{100 * shard.share:.1f}%")
         row += [health_text(shard), lag_text(shard)]
         row += [rows_text(shard.rows[label], shard.rows_exact) for label in group.models]
-        row += [rows_text(shard.total_rows, shard.rows_exact), "HOT" if shard.hot else ""]
+        row += [rows_text(shard.total_rows, shard.rows_exact), *load_cells(shard)]
+        row.append(f"HOT: {', '.join(shard.hot)}" if shard.hot else "")
         rows.append([cell_text(cell) for cell in row])
     first_count = columns.index("lag") + 1
-    return columns, rows, list(range(first_count, first_count + len(group.models) + 1))
+    numbers = len(group.models) + 1 + len(LOAD_COLUMNS)
+    return columns, rows, list(range(first_count, first_count + numbers))
+
+
+#: the load columns, over LOAD_WINDOW_SECONDS: queries per second and share of the group's
+LOAD_COLUMNS = ("reads/s", "writes/s", "load")
+
+
+def load_cells(shard: ShardStatus) -> list[str]:
+    """reads/s, writes/s and the share of the group's queries (``?``: unreadable)."""
+    if shard.load is None:
+        return ["?"] * len(LOAD_COLUMNS)
+    return [
+        f"{shard.load['reads_per_second']:.1f}",
+        f"{shard.load['writes_per_second']:.1f}",
+        f"{100 * shard.load['share']:.1f}%",
+    ]
 
 
 def health_text(shard: ShardStatus) -> str:
