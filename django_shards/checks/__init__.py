@@ -3,6 +3,7 @@
 - :mod:`.settings` (tag ``django_shards``): ``DJANGO_SHARDS`` and ``DATABASES``, through
   :mod:`.groups` (groups, shards, strategies), :mod:`.databases` (aliases, router) and
   :mod:`.operator` (``OPERATOR``, E016);
+- :mod:`.spares` (tag ``django_shards``): ``SPARES`` (E017);
 - :mod:`.models` (tag ``models``): sharded models and relations across databases;
 - :mod:`.catalog` (tag ``database``): E030, E031, the only checks that read a database.
 
@@ -16,5 +17,14 @@ from django_shards.checks.messages import DOCS_URL, TAG, docs_link
 from django_shards.checks.models import _check_many_to_many as _check_many_to_many
 from django_shards.checks.models import check_models
 from django_shards.checks.settings import check_settings
+from django_shards.checks.spares import check_spares
 
-__all__ = ["DOCS_URL", "TAG", "check_catalog_agrees", "check_models", "check_settings", "docs_link"]
+__all__ = [
+    "DOCS_URL",
+    "TAG",
+    "check_catalog_agrees",
+    "check_models",
+    "check_settings",
+    "check_spares",
+    "docs_link",
+]
