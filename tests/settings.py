@@ -153,6 +153,8 @@ DJANGO_SHARDS = {
     "MAP_LEASE_SECONDS": 1.0,
     # no load written in the background: the tests flush it themselves (load.flush())
     "LOAD_FLUSH_SECONDS": 3600,
+    # shard_rebalance splits onto s4 (a split target of the split tests too: no group's shard)
+    "SPARES": [{"PRIMARY": "s4", "REPLICAS": ["s4_r1"]}],
 }
 
 # the operator account of the topology (binlog streams of the online split, promotion), and
