@@ -74,7 +74,7 @@ TEMPLATES = [
 # -- databases ---------------------------------------------------------------------------
 
 SHARDS = ["u0", "u1", "u2", "u3"]
-SPARE_SHARDS = ["u4"]  # a primary for `shard_split ... --to u4`
+SPARE_SHARDS = ["u4", "u5"]  # u4: for `shard_split ... --to u4`; u5: SPARES (shard_rebalance)
 
 if env.str("DATABASE_URL", default=""):
 
@@ -116,6 +116,8 @@ DJANGO_SHARDS = {
             ],
         },
     },
+    # free databases for new shards: shard_rebalance splits a hot shard onto the next one
+    "SPARES": [{"PRIMARY": "u5", "REPLICAS": ["u5_r1"]}],
     "CATALOG": "default",
     "READ_CONSISTENCY": "eventual",
     "PIN_AFTER_WRITE_SECONDS": 2.0,

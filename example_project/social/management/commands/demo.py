@@ -1,7 +1,8 @@
 """``manage.py demo``: a walk through django_shards on the example project.
 
 1. migrate the catalog and every shard primary, 2. seed, 3. where the rows landed,
-4. which database served each read, 5. the library's management commands.
+4. which database served each read, 5. the library's management commands, 6. skewed
+traffic: one shard hot by load, and ``shard_rebalance`` splitting it onto a spare.
 Re-runnable: migrate is idempotent and the seed skips when the shards hold data.
 """
 
@@ -13,12 +14,13 @@ from django.core.management.base import BaseCommand
 from django.db import connections, router
 from django.test.utils import CaptureQueriesContext
 
-from django_shards import Shard, shard_for
+from django_shards import Shard, load, shard_for
 from social.models import Author, Follow, Post
 from social.shards import shard_names, user_shards
 
 CATALOG = "default"
 SPLIT_SOURCE, SPLIT_TARGET = "u0", "u4"  # u4 is the spare primary of the settings
+HOT_READS = 900  # reads of a few popular authors: 3/s over LOAD_WINDOW_SECONDS (300 s)
 
 
 class Command(BaseCommand):
@@ -35,6 +37,7 @@ class Command(BaseCommand):
         # a fresh context, as a new request has: no read-your-writes pins from the seed
         contextvars.Context().run(self.routing, samples[0])
         self.commands()
+        contextvars.Context().run(self.hot_shard, samples[-1])
         self.stdout.write("")
         self.stdout.write(
             "Browse it: manage.py runserver, then open "
@@ -161,3 +164,28 @@ class Command(BaseCommand):
             call_command("shard_query", *argv, stdout=self.stdout)
         else:
             self.stdout.write("  (fan-out query: skipped, there is no shard_query command yet)")
+
+    # -- 6 ---------------------------------------------------------------------------------
+
+    def hot_shard(self, popular):
+        self.section(6, "Skewed traffic: a shard hot by load, then shard_rebalance")
+        shard = shard_for(Author, popular.pk)
+        if any(name.startswith(f"{shard.name}_") for name in shard_names()):
+            self.stdout.write(
+                f"  (rebalance: {shard.name} was split by an earlier run; delete var/ to see "
+                "it again)"
+            )
+            return
+        fans = list(Author.objects.on_shard(shard.name).strong().order_by("handle")[:5])
+        self.stdout.write(
+            f"  {HOT_READS} reads of the posts of {len(fans)} popular authors, all on "
+            f"{shard.name} (the others get none), then load.flush()"
+        )
+        for i in range(HOT_READS):
+            list(Post.objects.filter(author_id=fans[i % len(fans)].pk)[:10])
+        load.flush()  # the background flush runs every LOAD_FLUSH_SECONDS; the demo can't wait
+        self.stdout.write("  $ manage.py shard_status users")
+        call_command("shard_status", "users", stdout=self.stdout)
+        self.stdout.write("  $ manage.py shard_rebalance users --no-input")
+        call_command("shard_rebalance", "users", "--no-input", stdout=self.stdout)
+        self.rows_per_shard()
