@@ -1,25 +1,37 @@
 """Load per shard: every routed query counts toward its shard (reads, writes, rows, time),
 and a fixed-size uniform sample (a reservoir) of the points it routed is kept.
 
-Counting is per process and costs a few dictionary updates on the routed path. A daemon
-thread writes what was counted since the last flush to the catalog every
-``LOAD_FLUSH_SECONDS`` (:class:`~django_shards.models.LoadReport`, one row per shard); a
-flush that fails is logged and dropped, never raised into a query. :func:`window` sums
-the reports of the last ``LOAD_WINDOW_SECONDS`` for ``shard_status`` and
-``shard_rebalance``. The process's totals since it started (:func:`totals`) are what the
-Prometheus collector exports.
+Counting is per process and per thread, and costs a few attribute updates on the routed
+path (:func:`record`: no lock, no system call). A daemon thread writes what was counted
+since the last flush to the catalog every ``LOAD_FLUSH_SECONDS``
+(:class:`~django_shards.models.LoadReport`, one row per shard); a flush that fails is
+logged and dropped, never raised into a query. :func:`window` sums the reports of the last
+``LOAD_WINDOW_SECONDS`` for ``shard_status`` and ``shard_rebalance``. The process's totals
+since it started (:func:`totals`) are what the Prometheus collector exports.
+
+Why no increment is lost without a lock: each thread counts into slots of its own
+(``threading.local``), which only that thread ever writes. The slots hold totals since the
+thread started, so they only grow; a flush reads them and writes the difference from what it
+read the time before (its own field of the slot). A flush that reads a slot while its
+thread is half-way through an update sees some of the fields before the update and some
+after; the rest shows up in the next flush, so every query is counted exactly once. The one
+thing a flush replaces is the slot's reservoir (a new one, for the next flush period): a
+point that its thread adds to the old reservoir at that very instant may be left out of
+the sample, which stays a sample. A thread that ended is read one last time and forgotten;
+a fork starts the child with no counts (its parent flushes its own) and a new flusher.
 """
 
 from __future__ import annotations
 
 import atexit
-import bisect
 import logging
+import math
 import os
 import random
 import socket
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -53,35 +65,133 @@ class Counts:
     #: query-time histogram: counts per LATENCY_BUCKETS bound, the last one for +Inf
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
 
-    def add(self, *, write: bool, rows: int, seconds: float, point: Any) -> None:
-        if write:
-            self.writes += 1
-        else:
-            self.reads += 1
-        self.rows += rows
-        self.seconds += seconds
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        if point is not None:
-            self.sampled_from += 1
-            if len(self.sample) < SAMPLE_SIZE:
-                self.sample.append(point)
-            else:  # Algorithm R: every point so far kept with the same chance
-                slot = random.randrange(self.sampled_from)
-                if slot < SAMPLE_SIZE:
-                    self.sample[slot] = point
+
+def _skip(w: float) -> int:
+    """Algorithm L's gap: how many points pass before the next one replaces a kept one."""
+    if w >= 1.0:
+        return 1
+    return int(math.log(1.0 - random.random()) / math.log(1.0 - w)) + 1
+
+
+def _shrink(w: float) -> float:
+    return w * math.exp(math.log(1.0 - random.random()) / SAMPLE_SIZE)
+
+
+class Reservoir:
+    """A uniform sample of at most ``SAMPLE_SIZE`` of the points seen (Li's Algorithm L:
+    once full, a random number is drawn only for the points that replace a kept one, about
+    ``SAMPLE_SIZE * log(seen / SAMPLE_SIZE)`` of them, not for every point)."""
+
+    __slots__ = ("next", "points", "seen", "w")
+
+    def __init__(self) -> None:
+        self.seen = 0  # points offered (the sample's population)
+        self.points: list[Any] = []
+        self.w = _shrink(1.0)
+        #: the number of the next point (1-based) that goes into the sample once it is full
+        self.next = SAMPLE_SIZE + _skip(self.w)
+
+    def add(self, point: Any) -> None:
+        """Offer one point (:meth:`LoadCounter.record` inlines the common case)."""
+        seen = self.seen = self.seen + 1
+        if seen <= SAMPLE_SIZE:
+            self.points.append(point)
+        elif seen >= self.next:
+            self.replace(point)
+
+    def replace(self, point: Any) -> None:
+        """``point`` (the ``next``-th) takes the place of a kept point chosen at random."""
+        self.points[random.randrange(SAMPLE_SIZE)] = point
+        self.w = _shrink(self.w)
+        self.next += _skip(self.w)
+
+
+class _Slot:
+    """One thread's counts for one shard since the thread started counting: written only
+    by that thread (the flusher writes only ``flushed`` and swaps ``reservoir``)."""
+
+    __slots__ = (
+        "flushed",
+        "read_buckets",
+        "read_rows",
+        "read_seconds",
+        "reads",
+        "reservoir",
+        "write_buckets",
+        "write_rows",
+        "write_seconds",
+        "writes",
+    )
+
+    def __init__(self) -> None:
+        self.reads = self.writes = self.read_rows = self.write_rows = 0
+        self.read_seconds = self.write_seconds = 0.0
+        self.read_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.write_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.reservoir = Reservoir()
+        #: (reads, writes, rows, seconds) when the last flush read them (the flusher's)
+        self.flushed: tuple[int, int, int, float] = (0, 0, 0, 0.0)
+
+    def add_to(self, totals: dict[tuple[str, str, str], Counts], group: str, shard: str) -> None:
+        """Add this slot's counts since it started to ``totals`` (by read|write)."""
+        for kind, queries, rows, seconds, buckets in (
+            ("read", self.reads, self.read_rows, self.read_seconds, self.read_buckets),
+            ("write", self.writes, self.write_rows, self.write_seconds, self.write_buckets),
+        ):
+            if not queries:
+                continue
+            total = totals.get((group, shard, kind))
+            if total is None:
+                total = totals[(group, shard, kind)] = Counts()
+            if kind == "read":
+                total.reads += queries
+            else:
+                total.writes += queries
+            total.rows += rows
+            total.seconds += seconds
+            total.buckets = [a + b for a, b in zip(total.buckets, buckets, strict=True)]
+
+
+def merge_samples(samples: list[tuple[int, list[Any]]]) -> tuple[int, list[Any]]:
+    """One uniform sample of at most ``SAMPLE_SIZE`` points from several uniform samples,
+    each ``(population, points)``: the number taken from each is drawn as sampling without
+    replacement from the union of the populations would (a multivariate hypergeometric
+    draw), then that many of its points at random. Returns (population, points)."""
+    samples = [(n, points) for n, points in samples if n and points]
+    population = sum(n for n, _ in samples)
+    if len(samples) <= 1:
+        return population, list(samples[0][1]) if samples else []
+    left = [n for n, _ in samples]
+    taken = [0] * len(samples)
+    remaining = population
+    for _ in range(min(SAMPLE_SIZE, population)):
+        pick, i = random.randrange(remaining), 0
+        while pick >= left[i]:
+            pick -= left[i]
+            i += 1
+        taken[i] += 1
+        left[i] -= 1
+        remaining -= 1
+    merged: list[Any] = []
+    for (_, points), k in zip(samples, taken, strict=True):
+        merged.extend(random.sample(points, min(k, len(points))))
+    return population, merged
 
 
 class LoadCounter:
-    """The process's counts, per ``(group, shard)``; thread-safe."""
+    """The process's counts, per ``(group, shard)``, kept per thread (see the module)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str], Counts] = {}
-        self._totals: dict[tuple[str, str, str], Counts] = {}  # (group, shard, kind)
+        self._lock = threading.Lock()  # the list of threads' slots, the events; never record()
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._local = threading.local()
+        #: every counting thread, with its slots: {group: {shard: _Slot}}
+        self._threads: list[tuple[threading.Thread, dict[str, dict[str, _Slot]]]] = []
+        #: the totals of threads that ended
+        self._retired: dict[tuple[str, str, str], Counts] = {}
         self._since = time.time()
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
-        self._pid = os.getpid()
         #: other events exported as metrics: (name, group) -> count
         self.events: dict[tuple[str, str], int] = {}
 
@@ -95,44 +205,122 @@ class LoadCounter:
         seconds: float = 0.0,
         point: Any = None,
     ) -> None:
-        """Count one query routed to ``shard`` of ``group``."""
-        encoded = None if point is None else encode_point(point)
-        kind = "write" if write else "read"
-        with self._lock:
-            if self._flusher is None or self._pid != os.getpid():
-                self._start_flusher()
-            pending = self._pending.get((group, shard))
-            if pending is None:
-                pending = self._pending[(group, shard)] = Counts()
-            pending.add(write=write, rows=rows, seconds=seconds, point=encoded)
-            total = self._totals.get((group, shard, kind))
-            if total is None:
-                total = self._totals[(group, shard, kind)] = Counts()
-            total.add(write=write, rows=rows, seconds=seconds, point=None)
+        """Count one query routed to ``shard`` of ``group``: a read (or a ``write``) of
+        ``rows`` rows that took ``seconds``; ``point``, the shard key it named (None when it
+        named none), goes into the shard's sample. No lock, no system call."""
+        try:
+            slot = self._local.slots[group][shard]
+        except (AttributeError, KeyError):
+            slot = self._new_slot(group, shard)
+        if write:
+            slot.writes += 1
+            slot.write_rows += rows
+            slot.write_seconds += seconds
+            slot.write_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        else:
+            slot.reads += 1
+            slot.read_rows += rows
+            slot.read_seconds += seconds
+            slot.read_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        if point is not None:  # Reservoir.add, inlined
+            reservoir = slot.reservoir
+            seen = reservoir.seen = reservoir.seen + 1
+            if seen <= SAMPLE_SIZE:
+                reservoir.points.append(point)
+            elif seen >= reservoir.next:
+                reservoir.replace(point)
+
+    def _new_slot(self, group: str, shard: str) -> _Slot:
+        """This thread's slot for a shard it had not counted yet (and on its first count,
+        its slots registered and the flusher started if it is not running)."""
+        local = self._local
+        slots: dict[str, dict[str, _Slot]] | None = getattr(local, "slots", None)
+        if slots is None:
+            slots = local.slots = {}
+            with self._lock:
+                self._threads.append((threading.current_thread(), slots))
+                if self._flusher is None:
+                    self._start_flusher()
+        by_shard = slots.get(group)
+        if by_shard is None:
+            by_shard = slots[group] = {}
+        slot = by_shard.get(shard)
+        if slot is None:
+            slot = by_shard[shard] = _Slot()
+        return slot
 
     def count_event(self, name: str, group: str, amount: int = 1) -> None:
-        """Count an event for the metrics (``fanout``, ``shard_moving`` ...)."""
+        """Count an event for the metrics (``fanout``, ``fanout_shards``, ``shard_moving``)."""
         with self._lock:
             self.events[(name, group)] = self.events.get((name, group), 0) + amount
 
     def totals(self) -> dict[tuple[str, str, str], Counts]:
-        """A copy of the totals since the process started, by (group, shard, read|write)."""
+        """The counts since the process started, by (group, shard, read|write): a new dict."""
         with self._lock:
-            return {
+            threads = list(self._threads)
+            totals = {
                 key: Counts(c.reads, c.writes, c.rows, c.seconds, buckets=list(c.buckets))
-                for key, c in self._totals.items()
+                for key, c in self._retired.items()
             }
+        for _, slots in threads:
+            for group, by_shard in slots.copy().items():
+                for shard, slot in by_shard.copy().items():
+                    slot.add_to(totals, group, shard)
+        return totals
 
     def take(self) -> tuple[float, float, dict[tuple[str, str], Counts]]:
-        """What was counted since the last take: (from, to, counts), and start again."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            since, self._since = self._since, time.time()
-            return since, self._since, pending
+        """What was counted since the last take: (from, to, counts with their sample), and
+        start again. Threads that ended are read a last time and forgotten."""
+        with self._flush_lock:
+            with self._lock:
+                threads = list(self._threads)
+                since, self._since = self._since, time.time()
+                until = self._since
+            pending: dict[tuple[str, str], Counts] = {}
+            samples: dict[tuple[str, str], list[tuple[int, list[Any]]]] = {}
+            ended = []
+            for thread, slots in threads:
+                alive = thread.is_alive()  # read before the slots: then a dead one is final
+                for group, by_shard in slots.copy().items():
+                    for shard, slot in by_shard.copy().items():
+                        reservoir, slot.reservoir = slot.reservoir, Reservoir()
+                        reads, writes = slot.reads, slot.writes
+                        rows = slot.read_rows + slot.write_rows
+                        seconds = slot.read_seconds + slot.write_seconds
+                        before = slot.flushed
+                        slot.flushed = (reads, writes, rows, seconds)
+                        if reads == before[0] and writes == before[1] and not reservoir.seen:
+                            continue
+                        counts = pending.get((group, shard))
+                        if counts is None:
+                            counts = pending[(group, shard)] = Counts()
+                        counts.reads += reads - before[0]
+                        counts.writes += writes - before[1]
+                        counts.rows += rows - before[2]
+                        counts.seconds += seconds - before[3]
+                        if reservoir.seen:
+                            samples.setdefault((group, shard), []).append(
+                                (reservoir.seen, reservoir.points)
+                            )
+                if not alive:
+                    ended.append((thread, slots))
+            for key, parts in samples.items():
+                counts = pending.setdefault(key, Counts())
+                counts.sampled_from, counts.sample = merge_samples(parts)
+            if ended:
+                with self._lock:
+                    for entry in ended:
+                        _, slots = entry
+                        for group, by_shard in slots.items():
+                            for shard, slot in by_shard.items():
+                                slot.add_to(self._retired, group, shard)
+                        self._threads = [t for t in self._threads if t[1] is not slots]
+            return since, until, pending
 
     def flush(self) -> int:
         """Write what was counted since the last flush to the catalog now; the number of
-        reports written. A failure is logged and the counts dropped (never raised)."""
+        reports written. A failure is logged (a warning) and the counts dropped (never
+        raised)."""
         from django.db import connections
 
         from django_shards.models import LoadReport
@@ -140,40 +328,40 @@ class LoadCounter:
         since, until, pending = self.take()
         if not pending:
             return 0
-        config = get_config()
-        started, ended = _datetime(since), _datetime(until)
-        process = f"{socket.gethostname()}:{os.getpid()}"
-        reports = [
-            LoadReport(
-                group=group,
-                shard=shard,
-                process=process[:255],
-                started=started,
-                ended=ended,
-                reads=c.reads,
-                writes=c.writes,
-                rows=c.rows,
-                seconds=c.seconds,
-                sample=c.sample,
-                sampled_from=c.sampled_from,
-            )
-            for (group, shard), c in pending.items()
-        ]
         try:
-            LoadReport.objects.using(config.catalog).bulk_create(reports)
-            old = ended - timedelta(seconds=KEEP_WINDOWS * config.load_window_seconds)
-            LoadReport.objects.using(config.catalog).filter(ended__lt=old).delete()
+            config = get_config()
+            started, ended = _datetime(since), _datetime(until)
+            process = f"{socket.gethostname()}:{os.getpid()}"
+            reports = [
+                LoadReport(
+                    group=group,
+                    shard=shard,
+                    process=process[:255],
+                    started=started,
+                    ended=ended,
+                    reads=c.reads,
+                    writes=c.writes,
+                    rows=c.rows,
+                    seconds=c.seconds,
+                    sample=[encode_point(p) for p in c.sample],
+                    sampled_from=c.sampled_from,
+                )
+                for (group, shard), c in pending.items()
+            ]
+            try:
+                LoadReport.objects.using(config.catalog).bulk_create(reports)
+                old = ended - timedelta(seconds=KEEP_WINDOWS * config.load_window_seconds)
+                LoadReport.objects.using(config.catalog).filter(ended__lt=old).delete()
+            finally:
+                if threading.current_thread() is not threading.main_thread():
+                    connections[config.catalog].close()
         except Exception as exc:  # noqa: BLE001 - a flush never fails anything: logged, dropped
-            logger.warning("load of %d shard(s) not written to the catalog: %s", len(reports), exc)
+            logger.warning("load of %d shard(s) not written to the catalog: %s", len(pending), exc)
             return 0
-        finally:
-            if threading.current_thread() is not threading.main_thread():
-                connections[config.catalog].close()
         return len(reports)
 
     def _start_flusher(self) -> None:
-        """Start the flushing thread (called under the lock; again after a fork)."""
-        self._pid = os.getpid()
+        """Start the flushing thread (under the lock, on the process's first count)."""
         self._stop = threading.Event()
         self._flusher = threading.Thread(
             target=self._flush_forever, name="django-shards-load", daemon=True
@@ -185,11 +373,25 @@ class LoadCounter:
         while not stop.wait(get_config().load_flush_seconds):
             self.flush()
 
+    def _after_fork(self) -> None:
+        """In a forked child: no counts (the parent flushes its own), new locks (a lock
+        held by another thread at the fork stays held), the flusher started again on the
+        first count (threads do not survive a fork)."""
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._local = threading.local()
+        self._threads = []
+        self._retired = {}
+        self.events = {}
+        self._since = time.time()
+        self._flusher = None
+
     def reset(self) -> None:
         """Forget every count (settings changed, tests)."""
-        with self._lock:
-            self._pending.clear()
-            self._totals.clear()
+        with self._flush_lock, self._lock:
+            self._local = threading.local()  # every thread starts new slots on its next count
+            self._threads = []
+            self._retired = {}
             self.events.clear()
             self._since = time.time()
 
@@ -216,6 +418,7 @@ flush = counter.flush
 totals = counter.totals
 count_event = counter.count_event
 atexit.register(counter.flush)
+os.register_at_fork(after_in_child=counter._after_fork)
 
 
 @receiver(setting_changed, dispatch_uid="django_shards.load.counter")
