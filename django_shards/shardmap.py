@@ -32,6 +32,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import Q
 from django.dispatch import receiver
 
+from django_shards import load
 from django_shards.conf import WATCHED_SETTINGS, GroupSettings, Shard, get_config
 from django_shards.exceptions import ShardingError, ShardMoving, ShardUnavailable, UnknownShard
 from django_shards.strategies.base import Layout, Strategy, load_strategy
@@ -103,6 +104,7 @@ class ShardMap:
         if self.stale is not None:
             self.check_confirmed()
         if self.freezes and (freeze := self.moving(key)) is not None:
+            load.count_event("shard_moving", self.group)
             raise ShardMoving(
                 f"Key {key!r} of group {self.group!r} is moving from shard {freeze.source!r} "
                 f"to {freeze.target!r} (a split is cutting over); the write was not made. "
