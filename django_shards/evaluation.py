@@ -32,7 +32,7 @@ from django.db.models.query import (
     prefetch_related_objects,
 )
 
-from django_shards import merge
+from django_shards import load, merge
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import FanoutError, ShardUnavailable
 from django_shards.fanout import FanoutResult, collect, get_executor
@@ -72,7 +72,7 @@ class ShardedIterable(BaseIterable):
             return super().__iter__()  # type: ignore[misc]  # row_iterable's, next in the MRO
         if len(shards) > 1:
             return iter(fetch(qs, shards))
-        first, rows = read(qs, shards, self._first_row)
+        first, rows = read(qs, shards, self._first_row, first_row=True)
         return rows if first is _END else itertools.chain((first,), rows)
 
     def _first_row(self) -> tuple[Any, Iterator[Any]]:
@@ -121,9 +121,20 @@ def row_kind(iterable_class: type[BaseIterable]) -> RowKind:
 # -- one shard: a failing replica is retried -----------------------------------------------
 
 
-def read(qs: ShardedQuerySet, shards: list[Shard] | None, run: Callable[[], T]) -> T:
+def read(
+    qs: ShardedQuerySet,
+    shards: list[Shard] | None,
+    run: Callable[[], T],
+    *,
+    first_row: bool = False,
+) -> T:
     """Run the read ``run()`` of ``qs`` on its shard (``shards`` has one, or none: then
-    any shard answers "nothing"); None: where ``using()`` put it.
+    any shard answers "nothing"); None: where ``using()`` put it (not counted).
+
+    The read is counted toward its shard's load (:func:`django_shards.load.record`) with
+    the time ``run()`` took, the key it named, and as rows what is known without touching
+    the rows: with ``first_row`` (``run()`` returns the first row and an iterator of the
+    rest) 1 when a row came back, else 0; otherwise 1 (a count, an aggregate, an answer).
 
     While ``run()`` runs, ``qs._running_on`` holds the alias chosen, so that ``qs.db``
     answers it. A replica that fails is skipped and the read retried, invisibly:
@@ -133,22 +144,22 @@ def read(qs: ShardedQuerySet, shards: list[Shard] | None, run: Callable[[], T]) 
     """
     if shards is None:
         return run()
-    shard = shards[0] if shards else qs._shard_map().owning_shards[0]
+    if shards:
+        shard, point = shards[0], qs._routed_point
+    else:
+        shard, point = qs._shard_map().owning_shards[0], None
     if qs._for_write:
-        return _on_alias(qs, write_alias(shard, pin=False), run)
+        started = time.perf_counter()
+        result = _on_alias(qs, write_alias(shard, pin=False), run)
+        _count_read(qs, shard, result, first_row, time.perf_counter() - started, point)
+        return result
     consistency = qs._options.consistency
     for attempt in range(READ_ATTEMPTS):
         # a replica that cannot connect fails the run and is retried below, so it need
         # not be connected first (except on the last attempt, which is not retried)
         alias = read_alias(shard, consistency, connect=attempt == READ_ATTEMPTS - 1)
-        # a replica's latency is measured only for REPLICA_SELECTION "fastest" (no clock
-        # read otherwise), and the settings are read only when a replica serves
-        started = (
-            time.perf_counter()
-            if alias != shard.primary and get_config().replica_selection == "fastest"
-            else None
-        )
         qs._running_on = alias  # _on_alias, inlined: this runs on every routed read
+        started = time.perf_counter()
         try:
             result = run()
         except DatabaseError as exc:
@@ -165,13 +176,33 @@ def read(qs: ShardedQuerySet, shards: list[Shard] | None, run: Callable[[], T]) 
                 continue
             result = _on_alias(qs, write_alias(shard, pin=False), run)
             pool.mark_down(alias, exc)  # the primary answered: the replica is broken
+            _count_read(qs, shard, result, first_row, time.perf_counter() - started, point)
             return result
         finally:
             qs._running_on = None
-        if started is not None:
-            pool.observe(alias, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        # a replica's latency is kept only for REPLICA_SELECTION "fastest", and the
+        # settings are read only when a replica served
+        if alias != shard.primary and get_config().replica_selection == "fastest":
+            pool.observe(alias, elapsed)
+        load.record(  # _count_read, inlined: this runs on every routed read
+            key_for_model(qs.model).group,  # type: ignore[union-attr]  # routed: sharded
+            shard.name,
+            rows=(result[0] is not _END) if first_row else 1,  # type: ignore[index]
+            seconds=elapsed,
+            point=point,
+        )
         return result
     raise AssertionError("unreachable")
+
+
+def _count_read(
+    qs: ShardedQuerySet, shard: Shard, result: Any, first_row: bool, seconds: float, point: Any
+) -> None:
+    sk = key_for_model(qs.model)
+    assert sk is not None
+    rows = (result[0] is not _END) if first_row else 1
+    load.record(sk.group, shard.name, rows=rows, seconds=seconds, point=point)
 
 
 def _on_alias(qs: ShardedQuerySet, alias: str, run: Callable[[], T]) -> T:
@@ -275,6 +306,10 @@ def _targets(qs: ShardedQuerySet, shards: list[Shard], writes: bool) -> list[tup
     return [(s, read_alias(s, qs._options.consistency)) for s in shards]
 
 
+def _one(value: Any) -> int:
+    return 1
+
+
 def run_fanout(
     qs: ShardedQuerySet,
     shards: list[Shard],
@@ -282,11 +317,18 @@ def run_fanout(
     operation: str,
     *,
     writes: bool = False,
+    rows: Callable[[Any], int] = _one,
 ) -> list[FanoutResult]:
     """Run ``task(alias)`` on every shard in parallel (primaries for writes); sets
-    ``qs.missing_shards``."""
+    ``qs.missing_shards``.
+
+    Each shard's read is counted toward its load, with ``rows(value)`` rows (what the
+    shard answered: 1 by default, a count or a row) and the time it took; a shard that
+    failed counts no rows. Writes count themselves (each shard's ``update()`` or
+    ``delete()`` on its primary). The fan-out and its number of shards are events."""
     targets = _targets(qs, shards, writes)
     results = get_executor().run(targets, task, timeout=get_config().fanout_timeout_seconds)
+    _count_fanout(qs, results, writes, rows)
     if writes:
         for result in results:
             if result.error is None:
@@ -295,6 +337,25 @@ def run_fanout(
         results, allow_partial=qs._options.allow_partial, what=_what(qs, operation)
     )
     return good
+
+
+def _count_fanout(
+    qs: ShardedQuerySet, results: list[FanoutResult], writes: bool, rows: Callable[[Any], int]
+) -> None:
+    sk = key_for_model(qs.model)
+    assert sk is not None
+    group = sk.group
+    load.count_event("fanout", group)
+    load.count_event("fanout_shards", group, len(results))
+    if writes:  # each shard's write counted itself (ShardedQuerySet.update/delete)
+        return
+    for r in results:
+        load.record(
+            group,
+            r.shard.name,
+            rows=0 if r.error is not None else rows(r.value),
+            seconds=r.elapsed,
+        )
 
 
 def _backend(results: list[FanoutResult], shards: list[Shard]) -> Backend:
@@ -369,7 +430,9 @@ def fetch(qs: ShardedQuerySet, shards: list[Shard]) -> list[Any]:
         per_shard.query.clear_limits()
         if spec.high_mark is not None:
             per_shard.query.set_limits(0, spec.high_mark)
-        results = run_fanout(qs, shards, lambda alias: list(parts.on(per_shard, alias)), "union")
+        results = run_fanout(
+            qs, shards, lambda alias: list(parts.on(per_shard, alias)), "union", rows=len
+        )
         return merge.merge_combined(spec, [r.value for r in results], _backend(results, shards))
     if is_values_grouped(qs):
         shard_qs = qs._chain()
@@ -377,10 +440,14 @@ def fetch(qs: ShardedQuerySet, shards: list[Shard]) -> list[Any]:
         shard_qs.query.clear_ordering(force=True)
         plan = merge.plan_groups(shard_qs.query, groups_are_complete(qs))
         shard_qs._iterable_class = ValuesIterable
-        results = run_fanout(qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "group-by")
+        results = run_fanout(
+            qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "group-by", rows=len
+        )
         return merge.merge_groups(spec, plan, [r.value for r in results], _backend(results, shards))
     shard_qs, order_names = _per_shard_rows(qs, spec)
-    results = run_fanout(qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "query")
+    results = run_fanout(
+        qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "query", rows=len
+    )
     return merge.merge_rows(
         spec, order_names, [r.value for r in results], _backend(results, shards)
     )
@@ -462,6 +529,7 @@ def in_bulk(
         parts.shards,
         lambda alias: parts.on(qs, alias).in_bulk(id_list, field_name=field_name),
         "in_bulk",
+        rows=len,
     )
     merged: dict[Any, Any] = {}
     for r in results:
@@ -491,12 +559,26 @@ def stream(qs: ShardedQuerySet, shards: list[Shard], chunk_size: int) -> Iterato
     missing: list[str] = []
     qs.missing_shards = missing
     what = _what(qs, "iterator")
+    sk = key_for_model(qs.model)
+    assert sk is not None
+    load.count_event("fanout", sk.group)
+    load.count_event("fanout_shards", sk.group, len(targets))
 
     def pages(shard: Shard, alias: str) -> Iterator[tuple[tuple, tuple, Any]]:
+        """The shard's rows, page by page; counted as one read (its rows, the time its
+        pages took) when it ends or the caller stops."""
+        counted: list[Any] = [0, 0.0]  # rows, seconds
+        try:
+            yield from _pages(shard, alias, counted)
+        finally:
+            load.record(sk.group, shard.name, rows=counted[0], seconds=counted[1])
+
+    def _pages(shard: Shard, alias: str, counted: list[Any]) -> Iterator[tuple[tuple, tuple, Any]]:
         sort_key = merge.SortKey(spec.ordering.items, backend)
         offset, last_pk = 0, None
         while True:
             page_qs = parts.on(shard_qs, alias)
+            started = time.perf_counter()
             try:
                 if keyset:
                     if last_pk is not None:
@@ -514,6 +596,9 @@ def stream(qs: ShardedQuerySet, shards: list[Shard], chunk_size: int) -> Iterato
                     ) from exc
                 missing.append(shard.name)
                 return
+            finally:
+                counted[1] += time.perf_counter() - started
+            counted[0] += len(rows)
             for row in rows:
                 values, clean = merge.split_order_values(row, spec.kind, names)
                 last_pk = values[-1]
@@ -545,7 +630,11 @@ def delete(qs: ShardedQuerySet, shards: list[Shard]) -> tuple[int, dict[str, int
     base = qs._chain()
     parts = shard_parts(qs, shards)
     results = run_fanout(
-        qs, parts.shards, lambda alias: parts.on(base, alias).delete(), "delete", writes=True
+        qs,
+        parts.shards,
+        lambda alias: parts.on(base, alias).delete(),
+        "delete",
+        writes=True,
     )
     counts: Counter[str] = Counter()
     for r in results:

@@ -9,6 +9,8 @@ are pruned to the overlapping shards; anything else fans out and is merged
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -16,7 +18,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import lookups
 from django.db.models.expressions import Col
 
-from django_shards import evaluation, key_changes
+from django_shards import evaluation, key_changes, load
 from django_shards.conf import Shard, get_config
 from django_shards.context import validate_level
 from django_shards.evaluation import ShardedIterable, sharded_iterable
@@ -49,6 +51,8 @@ class ShardedQuerySet(QuerySetBase):
     _running_on: str | None = None
     #: shards left out of the last fan-out of this queryset (with allow_partial())
     missing_shards: list[str] = []  # only ever replaced, never mutated
+    #: the shard key the query was routed by, when it named one (its load's sample point)
+    _routed_point: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -209,8 +213,10 @@ class ShardedQuerySet(QuerySetBase):
         shards = self._route()
         if shards is None or len(shards) <= 1:
             alias = self._write_alias_single()
+            started = time.perf_counter()
             with primary_errors(alias):
                 deleted = super().delete()
+            self._count_write(alias, deleted[0], started, self._routed_point)
             self._after_write(alias)
             return deleted
         return evaluation.delete(self, shards)
@@ -225,8 +231,10 @@ class ShardedQuerySet(QuerySetBase):
         shards = self._route()
         if shards is None or len(shards) <= 1:
             alias = self._write_alias_single()
+            started = time.perf_counter()
             with primary_errors(alias):
                 rows = super().update(**kwargs)
+            self._count_write(alias, rows, started, self._routed_point)
             self._after_write(alias)
             return rows
         return evaluation.update(self, shards, kwargs)
@@ -236,10 +244,18 @@ class ShardedQuerySet(QuerySetBase):
     def _update(self, values: Any, *args: Any, **kwargs: Any) -> Any:
         """``save()`` of an existing row runs this on the owner's primary (``using()``).
 
-        Django 6.1 passes ``returning_fields`` too.
+        Django 6.1 passes ``returning_fields`` too (then the rows come back, not a count).
         """
+        started = time.perf_counter()
         with primary_errors(self._db):
-            return super()._update(values, *args, **kwargs)
+            result = super()._update(values, *args, **kwargs)
+        sk = self._shard_key
+        if sk is not None:
+            keys = keys_of(self.query, sk)
+            point = next(iter(keys)) if keys is not None and len(keys) == 1 else None
+            rows = result if isinstance(result, int) else len(result)
+            self._count_write(self._db, rows, started, point)
+        return result
 
     _update.alters_data = True  # type: ignore[attr-defined]
     _update.queryset_only = False  # type: ignore[attr-defined]
@@ -330,17 +346,30 @@ class ShardedQuerySet(QuerySetBase):
         saved without its key lands here with Django's ``default``)."""
         using = kwargs.get("using")
         sk = self._shard_key
-        if (
-            sk is not None
-            and using is not None
-            and self._shard_map().shard_for_alias(using) is None
-        ):
-            raise ShardKeyRequired(
-                f"{self.model._meta.label} has no shard key yet ({sk.field_name!r} is unset), "
-                "so it cannot be routed; set the key before saving."
-            )
+        shard = None
+        if sk is not None and using is not None:
+            shard = self._shard_map().shard_for_alias(using)
+            if shard is None:
+                raise ShardKeyRequired(
+                    f"{self.model._meta.label} has no shard key yet ({sk.field_name!r} is "
+                    "unset), so it cannot be routed; set the key before saving."
+                )
+        started = time.perf_counter()
         with primary_errors(using):
-            return super()._insert(objs, *args, **kwargs)
+            result = super()._insert(objs, *args, **kwargs)
+        objs = list(objs)  # a batch of bulk_create, or save()'s one instance
+        if shard is not None and objs:
+            assert sk is not None
+            point = sk.value_of(objs[0] if len(objs) == 1 else random.choice(objs))
+            load.record(
+                sk.group,
+                shard.name,
+                write=True,
+                rows=len(objs),
+                seconds=time.perf_counter() - started,
+                point=point,
+            )
+        return result
 
     _insert.alters_data = True  # type: ignore[attr-defined]
     _insert.queryset_only = False  # type: ignore[attr-defined]  # managers need it: save()
@@ -406,7 +435,10 @@ class ShardedQuerySet(QuerySetBase):
             if options.shard_name is not None:
                 return [shard_map.shard_named(options.shard_name)]
             if options.pinned_key is not _UNSET:
-                return [shard_map.shard_for_key(sk.normalize(options.pinned_key))]
+                key = sk.normalize(options.pinned_key)
+                shard = shard_map.shard_for_key(key)
+                self._routed_point = key
+                return [shard]
         # self.query without the property's call (a related manager's deferred filter aside)
         query = self._query if self._deferred_filter is None else self.query
         where = query.where
@@ -427,13 +459,13 @@ class ShardedQuerySet(QuerySetBase):
                     if rhs.__class__ is not int or not sk.int_key:
                         rhs = sk.normalize(rhs)
                     try:
-                        return [
-                            shard_map.shards[
-                                shard_map.strategy.shard_for_key(shard_map.layout, rhs)
-                            ]
+                        shard = shard_map.shards[
+                            shard_map.strategy.shard_for_key(shard_map.layout, rhs)
                         ]
                     except NoShardForKey:
                         return []
+                    self._routed_point = rhs  # counted in the shard's load sample
+                    return [shard]
         names = shards_from_query(query, sk, shard_map)
         if names is None:
             return shard_map.owning_shards
@@ -511,6 +543,7 @@ class ShardedQuerySet(QuerySetBase):
             return
         keys = keys_of(self.query, sk)
         if keys is None:
+            load.count_event("shard_moving", sk.group)
             raise ShardMoving(
                 f"Shard(s) {', '.join(sorted(frozen))} of group {sk.group!r} are cutting over "
                 f"a split and this {self.model._meta.label} write does not name its keys; "
@@ -544,6 +577,16 @@ class ShardedQuerySet(QuerySetBase):
         shard = get_map(sk.group).shard_for_alias(alias)
         if shard is not None and alias == shard.primary:
             note_write(alias)
+
+    def _count_write(self, alias: str | None, rows: int, started: float, point: Any) -> None:
+        """Count a write that ran on ``alias`` since ``started`` toward its shard's load."""
+        sk = self._shard_key
+        if alias is None or sk is None:
+            return
+        shard = get_map(sk.group).shard_for_alias(alias)
+        if shard is not None:
+            seconds = time.perf_counter() - started
+            load.record(sk.group, shard.name, write=True, rows=rows, seconds=seconds, point=point)
 
     def _write_alias_single(self) -> str | None:
         """The primary a single-shard write of this queryset goes to (None: no shard)."""
