@@ -418,14 +418,15 @@ class MapRegistry:
             fencing = fencing or job.phase in FENCE_PHASES
             if job.phase in _HOLDING_PHASES:
                 holding.add(job.source)
-            if not (job.frozen or job.phase == "verified"):
-                continue
+                if not job.frozen:
+                    continue
             new_layout = self._job_layout(shard_map.strategy, job)
             if job.frozen:
                 freezes.append(Freeze(job.source, job.target, new_layout))
-            if job.phase == "verified" and shard_map.layout == new_layout:
-                # the cutover (from verified) committed between the job read and the map
-                # read: the new map says the keys moved, so the source holds them still
+            if job.phase not in _HOLDING_PHASES and shard_map.layout == new_layout:
+                # the cutover committed between the job read and the map read (however
+                # late the job read was: a busy process may pause between the two): the
+                # new map says the keys moved, so the source holds them still
                 holding.add(job.source)
         return tuple(freezes), frozenset(holding), fencing
 
