@@ -246,6 +246,11 @@ class HealthMonitor:
                 self.healthy_until.pop(alias, None)
         return health
 
+    def cached(self) -> dict[str, AliasHealth]:
+        """A copy of the cached probes by alias; nothing is probed (for the metrics)."""
+        with self._lock:
+            return dict(self._health)
+
     def probe(self, alias: str, role: str, wait: float | None = None) -> AliasHealth:
         """Probe ``alias`` now, on this thread's connection. Never raises.
 

@@ -68,10 +68,7 @@ def available() -> bool:
 
 def _cached_health() -> dict[str, AliasHealth]:
     """Each alias's last probe as the health monitor cached it; nothing is probed."""
-    cached = getattr(monitor, "cached", None)  # HealthMonitor.cached(), once it has one
-    if callable(cached):
-        return dict(cached())
-    return dict(monitor._health)
+    return monitor.cached()
 
 
 def _maps() -> list[ShardMap]:
