@@ -252,7 +252,9 @@ def suggested_split_point(
     if not strategy.splits_at_key or strategy.split_refusal is not None:
         return None
     owned = []
-    for point, weight in sample if key is not None else ():
+    for point, weight in sample:
+        if key is None:
+            break
         try:
             value = key.normalize(point)
             if strategy.shard_for_key(shard_map.layout, value) == shard:

@@ -64,10 +64,10 @@ def _entry_aliases(i: int, entry: Any) -> tuple[list[str], list[CheckMessage]]:
         for key in entry
         if key not in _KEYS
     ]
-    aliases = []
+    aliases: list[str] = []
     primary = entry.get("PRIMARY")
     if is_alias(primary):
-        aliases.append(primary)
+        aliases.append(str(primary))
     else:
         messages.append(_e017(f"{where}['PRIMARY'] must name a database alias, not {primary!r}."))
     replicas = entry.get("REPLICAS") or []

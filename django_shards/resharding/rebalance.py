@@ -150,17 +150,17 @@ def plan_rebalance(groups: list[str] | None = None) -> Rebalance:
     # the busiest first, so that spares go where they help most
     hot.sort(key=lambda item: -(item[1].load or {}).get("share", 0.0))
     taken_names: dict[str, set[str]] = {}
-    for group, shard, shard_map in hot:
+    for name, shard, shard_map in hot:
         if not spares:
             reason = "no spare left in SPARES"
-            out.skipped.append({"group": group, "shard": shard.name, "reason": reason})
+            out.skipped.append({"group": name, "shard": shard.name, "reason": reason})
             continue
-        names = taken_names.setdefault(group, set(shard_map.shards))
-        target = new_shard_name(names, shard.name)
-        names.add(target)
+        in_group = taken_names.setdefault(name, set(shard_map.shards))
+        target = new_shard_name(in_group, shard.name)
+        in_group.add(target)
         at = shard.suggested_split_at if shard_map.strategy.splits_at_key else None
-        step = RebalanceStep(group, shard.name, target, spares.pop(0), list(shard.hot), at)
-        if not any(s.group == group for s in out.steps):
+        step = RebalanceStep(name, shard.name, target, spares.pop(0), list(shard.hot), at)
+        if not any(s.group == name for s in out.steps):
             step.replan()  # a later split of the group is planned once the earlier one ran
         out.steps.append(step)
     return out
