@@ -66,30 +66,33 @@ class Counts:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
 
 
-def _skip(w: float) -> int:
-    """Algorithm L's gap: how many points pass before the next one replaces a kept one."""
-    if w >= 1.0:
+def _next_gap(w: float) -> int:
+    """Algorithm L's gap: the points that pass before the next one replaces a kept one."""
+    if w >= 1.0:  # only if random() drew 0.0 for every shrink so far
         return 1
-    return int(math.log(1.0 - random.random()) / math.log(1.0 - w)) + 1
+    gap = _log(1.0 - _random()) / _log1p(-w) if w > 0.0 else _NEVER
+    return int(gap) + 1 if gap < _NEVER else int(_NEVER)  # (w underflows after ~1e300 points)
 
 
-def _shrink(w: float) -> float:
-    return w * math.exp(math.log(1.0 - random.random()) / SAMPLE_SIZE)
+_NEVER = 2.0**62
+
+
+_log, _log1p, _exp, _random = math.log, math.log1p, math.exp, random.random
 
 
 class Reservoir:
     """A uniform sample of at most ``SAMPLE_SIZE`` of the points seen (Li's Algorithm L:
-    once full, a random number is drawn only for the points that replace a kept one, about
-    ``SAMPLE_SIZE * log(seen / SAMPLE_SIZE)`` of them, not for every point)."""
+    once full, random numbers are drawn only for the points that replace a kept one, about
+    ``SAMPLE_SIZE * ln(seen / SAMPLE_SIZE)`` of them, not for every point)."""
 
     __slots__ = ("next", "points", "seen", "w")
 
     def __init__(self) -> None:
         self.seen = 0  # points offered (the sample's population)
         self.points: list[Any] = []
-        self.w = _shrink(1.0)
+        self.w = _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
         #: the number of the next point (1-based) that goes into the sample once it is full
-        self.next = SAMPLE_SIZE + _skip(self.w)
+        self.next = SAMPLE_SIZE + _next_gap(self.w)
 
     def add(self, point: Any) -> None:
         """Offer one point (:meth:`LoadCounter.record` inlines the common case)."""
@@ -101,9 +104,9 @@ class Reservoir:
 
     def replace(self, point: Any) -> None:
         """``point`` (the ``next``-th) takes the place of a kept point chosen at random."""
-        self.points[random.randrange(SAMPLE_SIZE)] = point
-        self.w = _shrink(self.w)
-        self.next += _skip(self.w)
+        self.points[int(_random() * SAMPLE_SIZE)] = point
+        w = self.w = self.w * _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
+        self.next += _next_gap(w)
 
 
 class _Slot:
