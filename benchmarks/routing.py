@@ -31,6 +31,13 @@ it leaves out the servers' time and overstates the ratio). Two sharded reads:
 - ``strong``: ``Author.objects.strong().get(pk=k)`` (the primary), baseline
   ``Author.objects.using(<that primary>).get(pk=k)``.
 
+Load counting (``django_shards.load``) is on, as in production, flushed every 10 s in the
+background (the test settings' hour is overridden). Its cost, for information:
+``eventual, counting off`` and ``strong, counting off`` are the two reads above with
+``load.record`` swapped for a no-op (the clock reads that time each query stay), and
+``counting on/off`` is the default read with counting against the same read without;
+``--profile``'s steps table times ``load.record()`` itself.
+
 For information: ``eventual()``, i.e. ``Author.objects.eventual().get(pk=k)`` against the
 same baseline; ``qs.eventual()``, i.e. ``qs.eventual().get(pk=k)`` against
 ``qs.using(replica).get(pk=k)`` for ``qs = Author.objects.all()``, like for like in clones
@@ -197,6 +204,37 @@ def _run_block(fn: Callable[[Sequence[tuple[int, str]]], None], pairs: Any) -> t
     return time.perf_counter_ns() - wall, time.thread_time_ns() - cpu
 
 
+def _not_counted(
+    group: str,
+    shard: str,
+    *,
+    write: bool = False,
+    rows: int = 0,
+    seconds: float = 0.0,
+    point: Any = None,
+) -> None:
+    """``load.record`` switched off: what the routed path costs without counting."""
+
+
+def _without_counting(
+    fn: Callable[[Sequence[tuple[int, str]]], None],
+) -> Callable[[Sequence[tuple[int, str]]], None]:
+    """``fn`` run with ``django_shards.load.record`` a no-op (the routed path calls it as
+    ``load.record``, so swapping the module's attribute switches counting off; the clock
+    reads that time each query stay)."""
+    from django_shards import load
+
+    def run(pairs: Sequence[tuple[int, str]]) -> None:
+        counting = load.record
+        load.record = _not_counted
+        try:
+            fn(pairs)
+        finally:
+            load.record = counting
+
+    return run
+
+
 def _comparisons() -> list[dict[str, Any]]:
     """(name, sharded/candidate call, baseline call, which alias the baseline uses)."""
     from django.db.models import QuerySet
@@ -259,6 +297,34 @@ def _comparisons() -> list[dict[str, Any]]:
             "base": baseline_using,
             "alias": "strong",
             "goal": GOAL_RATIO,
+        },
+        {
+            "name": "eventual, counting off",
+            "sharded": "Author.objects.get(pk=k), load.record a no-op",
+            "baseline": "Author.objects.using(replica).get(pk=k)",
+            "run": _without_counting(sharded_eventual),
+            "base": baseline_using,
+            "alias": "eventual",
+            "goal": None,
+        },
+        {
+            "name": "strong, counting off",
+            "sharded": "Author.objects.strong().get(pk=k), load.record a no-op",
+            "baseline": "Author.objects.using(primary).get(pk=k)",
+            "run": _without_counting(sharded_strong),
+            "base": baseline_using,
+            "alias": "strong",
+            "goal": None,
+        },
+        {
+            # the cost of counting itself: the same routed read with counting on and off
+            "name": "counting on/off",
+            "sharded": "Author.objects.get(pk=k)",
+            "baseline": "Author.objects.get(pk=k), load.record a no-op",
+            "run": sharded_eventual,
+            "base": _without_counting(sharded_eventual),
+            "alias": "eventual",
+            "goal": None,
         },
         {
             "name": "eventual()",
@@ -540,8 +606,10 @@ def _icount_child(calls: int) -> int:
     from django.conf import settings
 
     # Under valgrind a second lasts ~50 times longer: what happens once a second (the map
-    # lease, replica health probes) would be counted ~50 times too often. Leave it out.
+    # lease, replica health probes, the load flush) would be counted ~50 times too often.
+    # Leave it out.
     settings.DJANGO_SHARDS["MAP_LEASE_SECONDS"] = 1e9
+    settings.DJANGO_SHARDS["LOAD_FLUSH_SECONDS"] = 1e9
     django.setup()
     from django.db import connections
 
@@ -716,7 +784,7 @@ def _breakdown(keys: Sequence[int], loops: int) -> list[dict[str, Any]]:
     """Microseconds of each step of the routed path (internal API: best effort)."""
     from django.db import connections
 
-    from django_shards import context, routing
+    from django_shards import context, load, routing
     from django_shards.conf import get_config
     from django_shards.keys import key_for_model
     from django_shards.replicas import pool
@@ -757,6 +825,12 @@ def _breakdown(keys: Sequence[int], loops: int) -> list[dict[str, Any]]:
             shards,
         ),
         ("qs.db  [whole routing]", lambda qs: qs.db, querysets),
+        (
+            "load.record(group, shard, rows=1, seconds=s, point=k)",
+            lambda k: load.record("users", "s0", rows=1, seconds=0.0002, point=k),
+            sample,
+        ),
+        ("time.perf_counter()  [x2 per counted query]", lambda _: time.perf_counter(), sample),
     ]
     rows = []
     for name, fn, items in steps:
@@ -1004,6 +1078,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     sqlite_dir = _configure(args.backend)
     import django
+    from django.conf import settings
+
+    # the test settings flush the load once an hour (the tests flush themselves); time the
+    # routed path with the default flush, in the background every 10 s, as in production
+    settings.DJANGO_SHARDS["LOAD_FLUSH_SECONDS"] = 10
 
     django.setup()
     from django.db import connections
