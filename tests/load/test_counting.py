@@ -317,3 +317,18 @@ def _lock_load_reports():
         conn.close()
 
     return release
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_starts_with_no_counts_and_its_own_flusher():
+    load.record("events", "s0", rows=1, point=5)  # the parent's, flushed by the parent
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it starts clean and counts on its own
+        ok = load.totals() == {} and load.counter._flusher is None
+        load.record("events", "s1", write=True, rows=2)
+        ok = ok and load.counter._flusher is not None and load.counter._flusher.is_alive()
+        ok = ok and set(load.totals()) == {("events", "s1", "write")}
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert set(load.totals()) == {("events", "s0", "read")}  # the parent's, untouched
