@@ -1167,6 +1167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {icount_path}")
         print(f"in {elapsed:.0f} s (setup {setup_s:.0f} s)")
     finally:
+        from django_shards import load
+
+        load.flush()  # now, while the test catalog exists (not at exit, once it is gone)
         connections.close_all()
         teardown_databases(old_config, verbosity=0)
         if sqlite_dir:
