@@ -16,8 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from django_shards.exceptions import ShardUnavailable
 from django_shards.models import FailoverJob
 from django_shards.operator import operator_connect
 from django_shards.shardmap import get_map, registry
@@ -35,6 +32,7 @@ from tests.support.backend import MARIADB
 from tests.support.ha import ha_trio  # noqa: F401 - the fixture
 from tests.support.split_process import SplitProcess
 from tests.support.splitting import MAP_LEASE_SECONDS
+from tests.support.writers import Writer
 from tests.testapp.models import Deposit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,59 +139,6 @@ def wait_applied(replica: str, primary: str) -> None:
         assert result == 0, f"{replica} did not apply {position}"
     finally:
         conn.close()
-
-
-class Writer(threading.Thread):
-    """Creates deposits through the ORM as fast as it can, retrying ``ShardUnavailable``;
-    records each one the database acknowledged and the longest time one write took from
-    its first attempt to its success."""
-
-    def __init__(self, account: int = 7) -> None:
-        super().__init__(daemon=True)
-        self.account = account
-        self.acked: list[int] = []
-        self.failed_attempts = 0
-        self.longest = 0.0
-        self.stop = threading.Event()
-        self.stop_retrying = threading.Event()  # a dead primary: give up the current write
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                started = time.monotonic()
-                while not self.stop.is_set():
-                    try:
-                        deposit = Deposit.objects.create(account=self.account, amount=n)
-                    except ShardUnavailable:
-                        self.failed_attempts += 1
-                        if self.stop_retrying.is_set():
-                            break
-                        time.sleep(0.005)
-                        continue
-                    self.acked.append(deposit.pk)
-                    self.longest = max(self.longest, time.monotonic() - started)
-                    break
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-        finally:
-            connections.close_all()
-
-    def wait_for(self, count: int) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while len(self.acked) < count:
-            assert self.error is None, self.error
-            assert time.monotonic() < deadline, f"only {len(self.acked)} writes acknowledged"
-            time.sleep(0.01)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.stop_retrying.set()
-        self.join(timeout=DEADLINE)
-        assert not self.is_alive()
-        assert self.error is None, self.error
 
 
 def shard():
