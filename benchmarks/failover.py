@@ -75,27 +75,6 @@ def command(*argv: str) -> float:
     return took
 
 
-def held_by(alias: str, ids: list[int]) -> set[int]:
-    from django_shards.operator import operator_connect
-    from tests.testapp.models import Deposit
-
-    conn = operator_connect(alias)
-    found: set[int] = set()
-    try:
-        with conn.cursor() as cursor:
-            for start in range(0, len(ids), 1000):
-                chunk = ids[start : start + 1000]
-                cursor.execute(
-                    f"SELECT id FROM {Deposit._meta.db_table} WHERE id IN "
-                    f"({', '.join(['%s'] * len(chunk))})",
-                    chunk,
-                )
-                found |= {int(r[0]) for r in cursor.fetchall()}
-    finally:
-        conn.close()
-    return found
-
-
 def run_writers(count: int, during: Any, seconds: float) -> dict[str, Any]:
     """``count`` writers; ``during()`` once they have written, then ``seconds`` more."""
     from tests.support.writers import Writer
@@ -142,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.test.utils import setup_databases, teardown_databases
 
     from django_shards.shardmap import registry
+    from tests.support.writers import ids_held
 
     operator = settings.DJANGO_SHARDS.get("OPERATOR") or {}
     if not operator.get("REPLICATION_USER"):
@@ -156,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         primary = registry.refresh(GROUP).shard_named(SHARD).primary
         switch["new_primary"] = primary
-        switch["lost"] = len(set(switch["ids"]) - held_by(primary, switch.pop("ids")))
+        switch["lost"] = len(set(switch["ids"]) - ids_held(primary, switch.pop("ids")))
         result["switchover"] = switch
 
         def kill_and_fail_over() -> float:
@@ -166,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         fail = run_writers(args.writers, kill_and_fail_over, args.seconds)
         after = registry.refresh(GROUP).shard_named(SHARD).primary
         fail["new_primary"] = after
-        fail["lost"] = len(set(fail["ids"]) - held_by(after, fail.pop("ids")))
+        fail["lost"] = len(set(fail["ids"]) - ids_held(after, fail.pop("ids")))
         result["failover"] = fail
     finally:
         connections.close_all()

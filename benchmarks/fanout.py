@@ -478,7 +478,7 @@ def measure_steps(loops: int) -> list[dict[str, Any]]:
 
     from django.db import close_old_connections, connections
 
-    from django_shards import evaluation, merge
+    from django_shards import merge, shapes
     from django_shards.conf import get_config
     from django_shards.fanout import get_executor
     from django_shards.routing import read_alias
@@ -487,8 +487,8 @@ def measure_steps(loops: int) -> list[dict[str, Any]]:
     qs = Author.objects.all()
     shards = qs._route()
     assert shards is not None
-    spec = evaluation.merge_spec(qs)
-    shard_qs, order_names = evaluation._per_shard_rows(qs, spec)
+    spec = shapes.merge_spec(qs)
+    shard_qs, order_names = shapes.per_shard_rows(qs, spec)
     targets = [(s, read_alias(s, None)) for s in shards]
     timeout = get_config().fanout_timeout_seconds
     executor = get_executor()
@@ -514,8 +514,8 @@ def measure_steps(loops: int) -> list[dict[str, Any]]:
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("qs._route()  [routing, config]", lambda: Author.objects.all()._route()),
         (
-            "evaluation._per_shard_rows(qs, merge_spec(qs))  [plan + clone]",
-            lambda: evaluation._per_shard_rows(qs, evaluation.merge_spec(qs)),
+            "shapes.per_shard_rows(qs, merge_spec(qs))  [plan + clone]",
+            lambda: shapes.per_shard_rows(qs, shapes.merge_spec(qs)),
         ),
         (f"read_alias() x {len(shards)}", lambda: [read_alias(s, None) for s in shards]),
         (f"compile SQL x {len(shards)}  [.using(a) + as_sql]", compile_all),

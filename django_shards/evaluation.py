@@ -24,11 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from django.db import DatabaseError, NotSupportedError
 from django.db.models.query import (
     BaseIterable,
-    FlatValuesListIterable,
     ModelIterable,
-    NamedValuesListIterable,
     ValuesIterable,
-    ValuesListIterable,
     prefetch_related_objects,
 )
 
@@ -37,9 +34,16 @@ from django_shards.conf import Shard, get_config
 from django_shards.exceptions import FanoutError, ShardUnavailable
 from django_shards.fanout import FanoutResult, collect, get_executor
 from django_shards.keys import key_for_model
-from django_shards.merge import Backend, MergeSpec, RowKind
+from django_shards.merge import Backend, RowKind
 from django_shards.replicas import is_connection_error, pool
 from django_shards.routing import note_write, read_alias, write_alias
+from django_shards.shapes import (
+    groups_are_complete,
+    is_grouped,
+    is_values_grouped,
+    merge_spec,
+    per_shard_rows,
+)
 from django_shards.where import subqueries
 
 if TYPE_CHECKING:
@@ -102,20 +106,6 @@ def sharded_iterable(cls: type[BaseIterable]) -> type[ShardedIterable]:
 
 #: what the manager's querysets start with (Django's ModelIterable, wrapped)
 ShardedModelIterable = sharded_iterable(ModelIterable)
-
-
-def row_kind(iterable_class: type[BaseIterable]) -> RowKind:
-    if issubclass(iterable_class, FlatValuesListIterable):
-        return RowKind.FLAT
-    if issubclass(iterable_class, NamedValuesListIterable):
-        return RowKind.NAMED
-    if issubclass(iterable_class, ValuesListIterable):
-        return RowKind.TUPLES
-    if issubclass(iterable_class, ValuesIterable):
-        return RowKind.DICTS
-    if issubclass(iterable_class, ModelIterable):
-        return RowKind.MODELS
-    raise NotSupportedError(f"{iterable_class.__name__} results cannot be merged across shards.")
 
 
 # -- one shard: a failing replica is retried -----------------------------------------------
@@ -362,64 +352,6 @@ def _backend(results: list[FanoutResult], shards: list[Shard]) -> Backend:
     return Backend.of(results[0].alias if results else shards[0].primary)
 
 
-def merge_spec(qs: ShardedQuerySet) -> MergeSpec:
-    """What merging needs to know of ``qs``."""
-    query = qs.query
-    computed = (*query.extra_select, *query.values_select, *query.annotation_select)
-    selected = getattr(query, "selected", None)
-    return MergeSpec(
-        kind=row_kind(qs._iterable_class),
-        ordering=merge.ordering_of(query),
-        columns=tuple(selected) if selected else computed,
-        field_names=tuple(qs._fields) if qs._fields else computed,
-        low_mark=query.low_mark,
-        high_mark=query.high_mark,
-        distinct=bool(query.distinct),
-        combinator=query.combinator,
-        combinator_all=bool(query.combinator_all),
-    )
-
-
-def groups_are_complete(qs: ShardedQuerySet) -> bool:
-    """True when no group can span shards: rows are grouped by the model (``pk``) or the
-    grouping includes the shard key."""
-    query = qs.query
-    if query.group_by is True:
-        return True
-    sk = qs._shard_key
-    assert sk is not None
-    grouped = set(query.values_select) | set(qs._fields or ())
-    return bool({sk.field_name, sk.attname} & grouped) or (
-        sk.is_pk and bool({"pk", sk.field.name} & grouped)
-    )
-
-
-def is_grouped(query: Any) -> bool:
-    return query.group_by is not None or any(
-        getattr(a, "contains_aggregate", False) for a in query.annotation_select.values()
-    )
-
-
-def is_values_grouped(qs: ShardedQuerySet) -> bool:
-    return is_grouped(qs.query) and qs.query.group_by is not True
-
-
-def _per_shard_rows(qs: ShardedQuerySet, spec: MergeSpec) -> tuple[Any, tuple[str, ...]]:
-    """The queryset each shard runs for a merged fetch (sliced to ``[0:offset+limit]``,
-    selecting its ordering values) and the names of those values."""
-    shard_qs = qs._chain()
-    shard_qs.query.clear_limits()
-    order = merge.order_annotations(spec.ordering)
-    if order:
-        shard_qs = shard_qs.annotate(**order)
-    if spec.high_mark is not None:
-        shard_qs.query.set_limits(0, spec.high_mark)
-    if spec.kind in (RowKind.FLAT, RowKind.NAMED):
-        shard_qs._iterable_class = ValuesListIterable
-    shard_qs._prefetch_related_lookups = ()  # done once, on the merged rows
-    return shard_qs, tuple(order)
-
-
 def fetch(qs: ShardedQuerySet, shards: list[Shard]) -> list[Any]:
     """Every row of ``qs`` from ``shards``, merged."""
     parts = shard_parts(qs, shards)
@@ -444,7 +376,7 @@ def fetch(qs: ShardedQuerySet, shards: list[Shard]) -> list[Any]:
             qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "group-by", rows=len
         )
         return merge.merge_groups(spec, plan, [r.value for r in results], _backend(results, shards))
-    shard_qs, order_names = _per_shard_rows(qs, spec)
+    shard_qs, order_names = per_shard_rows(qs, spec)
     results = run_fanout(
         qs, shards, lambda alias: list(parts.on(shard_qs, alias)), "query", rows=len
     )
@@ -553,7 +485,7 @@ def stream(qs: ShardedQuerySet, shards: list[Shard], chunk_size: int) -> Iterato
     ordered = qs.order_by(*(() if keyset else query.order_by or query.get_meta().ordering), "pk")
     descending_pk = not query.standard_ordering
     spec = merge_spec(ordered)
-    shard_qs, names = _per_shard_rows(ordered, spec)
+    shard_qs, names = per_shard_rows(ordered, spec)
     targets = _targets(qs, shards, writes=False)
     backend = Backend.of(targets[0][1])
     missing: list[str] = []

@@ -358,17 +358,9 @@ class ShardedQuerySet(QuerySetBase):
         with primary_errors(using):
             result = super()._insert(objs, *args, **kwargs)
         objs = list(objs)  # a batch of bulk_create, or save()'s one instance
-        if shard is not None and objs:
-            assert sk is not None
+        if shard is not None and objs and sk is not None:
             point = sk.value_of(objs[0] if len(objs) == 1 else random.choice(objs))
-            load.record(
-                sk.group,
-                shard.name,
-                write=True,
-                rows=len(objs),
-                seconds=time.perf_counter() - started,
-                point=point,
-            )
+            self._count_write(using, len(objs), started, point)
         return result
 
     _insert.alters_data = True  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,11 +27,11 @@ from django.db import connections
 from django_shards.models import FailoverJob
 from django_shards.operator import operator_connect
 from django_shards.shardmap import get_map, registry
-from tests.support.backend import MARIADB
+from tests.support.backend import MARIADB, test_process_env
 from tests.support.ha import ha_trio  # noqa: F401 - the fixture
 from tests.support.split_process import SplitProcess
 from tests.support.splitting import MAP_LEASE_SECONDS
-from tests.support.writers import Writer
+from tests.support.writers import Writer, ids_held
 from tests.testapp.models import Deposit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,25 +100,6 @@ def server_state(alias: str) -> dict[str, Any]:
 
 def port(alias: str) -> int:
     return int(connections[alias].settings_dict["PORT"])
-
-
-def ids_on(alias: str, ids: list[int]) -> set[int]:
-    """Which of ``ids`` the server of ``alias`` holds (read as the operator, no routing)."""
-    conn = operator_connect(alias)
-    try:
-        with conn.cursor() as cursor:
-            found: set[int] = set()
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                cursor.execute(
-                    f"SELECT id FROM {Deposit._meta.db_table} WHERE id IN "
-                    f"({', '.join(['%s'] * len(chunk))})",
-                    chunk,
-                )
-                found |= {int(r[0]) for r in cursor.fetchall()}
-        return found
-    finally:
-        conn.close()
 
 
 def wait_applied(replica: str, primary: str) -> None:
@@ -214,14 +194,14 @@ def test_a_dead_primary_is_replaced_by_its_most_advanced_replica_with_no_acknowl
     (other,) = [r for r in REPLICAS if r != now.primary]
     assert now.replicas == (other,)
     # every acknowledged write survived, on the new primary and on the repointed replica
-    assert ids_on(now.primary, acked) == set(acked)
+    assert ids_held(now.primary, acked) == set(acked)
     assert get_map(GROUP).shard_for_key(7).primary == now.primary
     new = Deposit.objects.create(account=7, amount=-1)  # routed to the new primary
-    assert ids_on(now.primary, [new.pk]) == {new.pk}
+    assert ids_held(now.primary, [new.pk]) == {new.pk}
     state = server_state(other)
     assert state["source_port"] == port(now.primary) and state["running"]
     wait_applied(other, now.primary)
-    assert ids_on(other, [*acked, new.pk]) == {*acked, new.pk}
+    assert ids_held(other, [*acked, new.pk]) == {*acked, new.pk}
     assert FailoverJob.objects.get().phase == FailoverJob.Phase.DONE
 
     # the old primary comes back: read-only (its configuration), shown demoted, never used
@@ -235,8 +215,8 @@ def test_a_dead_primary_is_replaced_by_its_most_advanced_replica_with_no_acknowl
     (listed,) = json.loads(status.getvalue())["groups"][0]["shards"]
     assert listed["demoted"] == [PRIMARY] and listed["primary"] == now.primary
     later = Deposit.objects.create(account=7, amount=-2)
-    assert ids_on(now.primary, [later.pk]) == {later.pk}
-    assert ids_on(PRIMARY, [later.pk]) == set()  # never written to the demoted primary
+    assert ids_held(now.primary, [later.pk]) == {later.pk}
+    assert ids_held(PRIMARY, [later.pk]) == set()  # never written to the demoted primary
     # made writable by hand: the watcher fences it again
     topology("sql", SERVER[PRIMARY], "SET GLOBAL read_only = ON")
     topology("sql", SERVER[PRIMARY], "SET GLOBAL read_only = OFF")
@@ -281,12 +261,7 @@ def test_shard_watch_fails_over_a_primary_after_its_consecutive_failed_probes():
 
 
 def test_shard_watch_stops_cleanly_on_sigterm():
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "SHARDS_USE_TEST_DATABASES": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = test_process_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "django", "shard_watch", GROUP, "--interval", "0.2"],
         cwd=REPO,
@@ -330,10 +305,10 @@ def test_a_switchover_under_writes_loses_nothing_and_no_write_waits_over_a_secon
     assert now.primary == "h0_r2"
     assert set(now.replicas) == {"h0_r1", PRIMARY} and now.demoted == ()
     assert writer.longest <= 1.0, f"a write took {writer.longest:.3f}s"
-    assert ids_on("h0_r2", writer.acked) == set(writer.acked)
+    assert ids_held("h0_r2", writer.acked) == set(writer.acked)
     old = server_state(PRIMARY)
     assert old["read_only"] and old["running"] and old["source_port"] == port("h0_r2")
     other = server_state("h0_r1")
     assert other["running"] and other["source_port"] == port("h0_r2")
     wait_applied(PRIMARY, "h0_r2")
-    assert ids_on(PRIMARY, writer.acked) == set(writer.acked)
+    assert ids_held(PRIMARY, writer.acked) == set(writer.acked)

@@ -17,13 +17,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.db import connections
 
 from django_shards import load
 from django_shards.conf import get_config
 from django_shards.models import LoadReport
-from tests.support.backend import MARIADB, wait_for_replicas
+from tests.support.backend import MARIADB, test_process_env, wait_for_replicas
 from tests.testapp.models import Event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,14 +210,7 @@ def _events_worker_code(reads: int, writes: int) -> str:
 @pytest.mark.django_db(databases="__all__", transaction=True)
 def test_counts_from_several_processes_add_up_in_the_window():
     LoadReport.objects.using(get_config().catalog).all().delete()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "SHARDS_USE_TEST_DATABASES": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    if not MARIADB:
-        env["SHARDS_SQLITE_DIR"] = os.path.dirname(settings.DATABASES["default"]["NAME"])
+    env = test_process_env()
     wait_for_replicas()
     connections.close_all()
     plan = [(10, 2), (11, 3), (12, 4)]  # (reads of s0, writes to s1) per process

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -63,3 +65,23 @@ def unreachable(*aliases: str) -> Iterator[None]:
                 name = f"/nonexistent-django-shards-dir/{alias}.sqlite3"
                 stack.enter_context(settings_changed(alias, NAME=name))
         yield
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_process_env(**extra: str) -> dict[str, str]:
+    """The environment of a process a test starts on the test run's databases (a split, a
+    watcher, a worker): the test settings, each alias on its test database, this run's
+    SQLite directory; plus ``extra``."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "SHARDS_USE_TEST_DATABASES": "1",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+    if not MARIADB:
+        env["SHARDS_SQLITE_DIR"] = os.path.dirname(settings.DATABASES["default"]["NAME"])
+    return env

@@ -13,13 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.conf import settings
 from django.db import connections
 
-from tests.support.backend import MARIADB
+from tests.support.backend import REPO, test_process_env
 from tests.support.splitting import FileHold, wait_for_target_replicas
 
-REPO = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 0.02
 DEADLINE_SECONDS = 60.0
 
@@ -32,17 +30,7 @@ class SplitProcess:
         self.hold_at = hold_at
         self.dir = tempfile.TemporaryDirectory(prefix="split-process-")
         self.held = FileHold([hold_at] if hold_at else [], Path(self.dir.name) / "held")
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "SHARDS_USE_TEST_DATABASES": "1",
-            "SPLIT_HOLD_AT": hold_at or "",
-            "SPLIT_HOLD_FILE": str(self.held.path),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if not MARIADB:
-            env["SHARDS_SQLITE_DIR"] = os.path.dirname(settings.DATABASES["default"]["NAME"])
+        env = test_process_env(SPLIT_HOLD_AT=hold_at or "", SPLIT_HOLD_FILE=str(self.held.path))
         self.out = tempfile.TemporaryFile(mode="w+")
         wait_for_target_replicas()
         connections.close_all()  # no connection of ours holds a lock or a snapshot

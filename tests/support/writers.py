@@ -69,3 +69,25 @@ class Writer(threading.Thread):
         self.join(timeout=DEADLINE)
         assert not self.is_alive()
         assert self.error is None, self.error
+
+
+def ids_held(alias: str, ids: list[int]) -> set[int]:
+    """Which of the deposits ``ids`` the server of ``alias`` holds (read as the operator,
+    no routing)."""
+    from django_shards.operator import operator_connect
+
+    conn = operator_connect(alias)
+    found: set[int] = set()
+    try:
+        with conn.cursor() as cursor:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                cursor.execute(
+                    f"SELECT id FROM {Deposit._meta.db_table} WHERE id IN "
+                    f"({', '.join(['%s'] * len(chunk))})",
+                    chunk,
+                )
+                found |= {int(r[0]) for r in cursor.fetchall()}
+    finally:
+        conn.close()
+    return found
