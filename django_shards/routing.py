@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.signals import setting_changed
 from django.db import connections, models, transaction
 
-from django_shards import context
+from django_shards import context, load
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import (
     ShardingError,
@@ -98,6 +98,7 @@ def write_shard(instance: models.Model) -> Shard:
     if shard is None:
         return require_instance_shard(instance)
     if any(f.source == shard.name for f in shard_map.freezes):
+        load.count_event("shard_moving", sk.group)
         raise ShardMoving(
             f"Shard {shard.name!r} of group {sk.group!r} is cutting over a split and this "
             f"{type(instance)._meta.label} was loaded without its key; retry in a moment."
