@@ -39,6 +39,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from django_shards.catalog_io import read_catalog
 from django_shards.conf import WATCHED_SETTINGS, get_config
 
 logger = logging.getLogger("django_shards.load")
@@ -331,41 +332,43 @@ class LoadCounter:
         since, until, pending = self.take()
         if not pending:
             return 0
+        config = get_config()
+        started, ended = _datetime(since), _datetime(until)
+        process = f"{socket.gethostname()}:{os.getpid()}"
+        reports = [
+            LoadReport(
+                group=group,
+                shard=shard,
+                process=process[:255],
+                started=started,
+                ended=ended,
+                reads=c.reads,
+                writes=c.writes,
+                rows=c.rows,
+                seconds=c.seconds,
+                sample=[encode_point(p) for p in c.sample],
+                sampled_from=c.sampled_from,
+            )
+            for (group, shard), c in pending.items()
+        ]
+
+        def write() -> bool:
+            LoadReport.objects.using(config.catalog).bulk_create(reports)
+            old = ended - timedelta(seconds=KEEP_WINDOWS * config.load_window_seconds)
+            LoadReport.objects.using(config.catalog).filter(ended__lt=old).delete()
+            return True
+
         try:
-            config = get_config()
-            started, ended = _datetime(since), _datetime(until)
-            process = f"{socket.gethostname()}:{os.getpid()}"
-            reports = [
-                LoadReport(
-                    group=group,
-                    shard=shard,
-                    process=process[:255],
-                    started=started,
-                    ended=ended,
-                    reads=c.reads,
-                    writes=c.writes,
-                    rows=c.rows,
-                    seconds=c.seconds,
-                    sample=[encode_point(p) for p in c.sample],
-                    sampled_from=c.sampled_from,
-                )
-                for (group, shard), c in pending.items()
-            ]
-            try:
-                LoadReport.objects.using(config.catalog).bulk_create(reports)
-                old = ended - timedelta(seconds=KEEP_WINDOWS * config.load_window_seconds)
-                LoadReport.objects.using(config.catalog).filter(ended__lt=old).delete()
-            finally:
-                if threading.current_thread() is not threading.main_thread():
-                    connections[config.catalog].close()
-        except Exception as exc:  # noqa: BLE001 - a flush never fails anything: logged, dropped
-            if _not_migrated():  # no table to write to (yet, or no more: a test run's end)
+            # no table: not migrated yet, or no more (a test run's databases at exit)
+            if not read_catalog(LoadReport, write, False):
                 logger.debug("load of %d shard(s) dropped: no LoadReport table", len(pending))
-            else:
-                logger.warning(
-                    "load of %d shard(s) not written to the catalog: %s", len(pending), exc
-                )
+                return 0
+        except Exception as exc:  # noqa: BLE001 - a flush never fails anything: logged, dropped
+            logger.warning("load of %d shard(s) not written to the catalog: %s", len(pending), exc)
             return 0
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connections[config.catalog].close()
         return len(reports)
 
     def _start_flusher(self) -> None:
@@ -402,24 +405,6 @@ class LoadCounter:
             self._retired = {}
             self.events.clear()
             self._since = time.time()
-
-
-def _not_migrated() -> bool:
-    """True when the catalog answers but has no LoadReport table (False when it fails)."""
-    from django.db import connections
-
-    from django_shards.models import LoadReport
-
-    try:
-        conn = connections[get_config().catalog]
-        with conn.cursor() as cursor:
-            tables = conn.introspection.table_names(cursor)
-    except Exception:  # noqa: BLE001 - a catalog that fails is the flush's reported failure
-        return False
-    finally:
-        if threading.current_thread() is not threading.main_thread():
-            connections[get_config().catalog].close()
-    return LoadReport._meta.db_table not in tables
 
 
 def _datetime(timestamp: float) -> Any:

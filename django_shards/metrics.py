@@ -30,10 +30,11 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 
 from django_shards import load
+from django_shards.catalog_io import read_catalog
 from django_shards.conf import get_config
 from django_shards.exceptions import ShardUnavailable
 from django_shards.health import AliasHealth, monitor
-from django_shards.shardmap import ShardMap, get_map, map_from_settings, read_catalog
+from django_shards.shardmap import ShardMap, get_map, map_from_settings
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import (

@@ -28,11 +28,12 @@ from functools import cached_property
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.db import DatabaseError, connections, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.dispatch import receiver
 
 from django_shards import load
+from django_shards.catalog_io import CatalogUnreadable, read_catalog
 from django_shards.conf import WATCHED_SETTINGS, GroupSettings, Shard, get_config
 from django_shards.exceptions import ShardingError, ShardMoving, ShardUnavailable, UnknownShard
 from django_shards.strategies.base import Layout, Strategy, load_strategy
@@ -233,33 +234,6 @@ def version_fields(shard_map: ShardMap) -> dict[str, Any]:
         "shards": [s.as_dict() for s in shard_map.shards.values()],
         "layout": shard_map.layout.to_json(),
     }
-
-
-class CatalogUnreadable(Exception):
-    """The catalog failed (unreachable, or an error other than its tables being absent)."""
-
-
-def read_catalog(model: Any, read: Any, empty: Any) -> Any:
-    """``read()`` on the catalog; ``empty`` when the catalog has no such table yet (not
-    migrated: version 1 from settings is then the map). Raises ``CatalogUnreadable`` on
-    any other failure: the caller must not mistake a dead catalog for an empty one."""
-    catalog = get_config().catalog
-    conn = connections[catalog]
-    try:
-        if conn.in_atomic_block:
-            with transaction.atomic(using=catalog):  # a savepoint: a failure stays local
-                return read()
-        return read()
-    except DatabaseError as exc:
-        error = exc
-    try:
-        with conn.cursor() as cursor:
-            tables = conn.introspection.table_names(cursor)
-    except DatabaseError:
-        tables = None
-    if tables is not None and model._meta.db_table not in tables:
-        return empty
-    raise CatalogUnreadable(f"catalog {catalog!r}: {error}") from error
 
 
 def _active_jobs(group: str) -> list[Any]:

@@ -23,18 +23,13 @@ from django.db import DatabaseError, connections, models
 from django.utils.connection import ConnectionDoesNotExist
 
 from django_shards import load
+from django_shards.catalog_io import CatalogUnreadable, read_catalog
 from django_shards.conf import get_config
 from django_shards.exceptions import NoShardForKey, ShardUnavailable, SplitError
 from django_shards.health import AliasHealth, is_configured, monitor
 from django_shards.keys import ShardKey, sharded_models
 from django_shards.resharding.plan import default_split_point
-from django_shards.shardmap import (
-    CatalogUnreadable,
-    ShardMap,
-    get_map,
-    map_from_settings,
-    read_catalog,
-)
+from django_shards.shardmap import ShardMap, get_map, map_from_settings
 
 #: a shard is hot by rows when it holds more than ``HOT_SHARD_FACTOR`` times the mean rows
 #: of its group and at least this many rows (below it, imbalance is noise)
