@@ -29,10 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from django.db import connections
 from django.utils import timezone
 
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import ShardingError
+from django_shards.health import fetch_dict
 from django_shards.models import FailoverJob
 from django_shards.operator import operator_account, operator_connect
 from django_shards.resharding.stream import parse_gtid
@@ -155,9 +157,7 @@ def _slave_status(conn: Any) -> dict[str, Any]:
     """``SHOW SLAVE STATUS`` as a dict (empty: the server replicates from nothing)."""
     with conn.cursor() as cursor:
         cursor.execute("SHOW SLAVE STATUS")
-        row = cursor.fetchone()
-        names = [d[0] for d in cursor.description] if cursor.description else []
-    return dict(zip(names, row, strict=True)) if row else {}
+        return fetch_dict(cursor) or {}
 
 
 def _stop_replicating(conn: Any, *, forget: bool = False) -> None:
@@ -240,8 +240,6 @@ class Failover:
 
     def plan(self) -> Plan:
         """Probe the shard's servers and choose; raises ``FailoverError`` when refused."""
-        from django.db import connections
-
         shard = registry.refresh(self.group).shard_named(self.shard_name)
         kind = Kind.SWITCHOVER if self.switchover else Kind.FAILOVER
         if not shard.replicas:
@@ -491,8 +489,6 @@ class Failover:
 
 def replication_endpoint(alias: str) -> tuple[str, int]:
     """Host and port a replica connects to for ``alias`` (TCP, as in its settings)."""
-    from django.db import connections
-
     settings_dict = connections[alias].settings_dict
     host = settings_dict.get("HOST") or "127.0.0.1"
     if host.startswith("/"):

@@ -131,7 +131,8 @@ class AliasHealth:
         return data
 
 
-def _fetch_dict(cursor: Any) -> dict[str, Any] | None:
+def fetch_dict(cursor: Any) -> dict[str, Any] | None:
+    """The cursor's next row as a dict by column name (``SHOW SLAVE STATUS``), or None."""
     row = cursor.fetchone()
     if row is None:
         return None
@@ -433,7 +434,7 @@ class HealthMonitor:
             return None
         try:
             cursor.execute("SHOW SLAVE STATUS")
-            return _fetch_dict(cursor)
+            return fetch_dict(cursor)
         except Exception as exc:  # noqa: BLE001 - without it, GTID positions tell the lag
             code = getattr(exc.__cause__ or exc, "args", (None,))[:1]
             if code == (_ER_SPECIFIC_ACCESS_DENIED,):  # no SLAVE MONITOR privilege

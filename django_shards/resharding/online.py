@@ -42,7 +42,7 @@ from django_shards import shardmap
 from django_shards.conf import get_config
 from django_shards.exceptions import SplitError
 from django_shards.models import SplitJob
-from django_shards.resharding.plan import TableSpec, batch_checksum
+from django_shards.resharding.plan import TableSpec, batch_checksum, pk_range_sql
 from django_shards.resharding.progress import (
     BatchCopied,
     CatchingUp,
@@ -436,7 +436,6 @@ class OnlineSplit:
         runner = self.runner
         q = connections[self.target].ops.quote_name
         pk_index = spec.columns.index(spec.pk_column)
-        select = f"SELECT {', '.join(q(c) for c in spec.columns)} FROM {q(spec.table)}"
         target_conn = operator_connect(self.target)
         mismatches: list[str] = []
         rows_total = batches = 0
@@ -449,20 +448,8 @@ class OnlineSplit:
                     rows = [tuple(r) for r in cursor.fetchall()]
                 moving = [r for r in rows if runner.moves(r[spec.key_index], spec)]
                 last = rows[-1][pk_index] if rows and len(rows) == runner.batch_size else None
-                where, wparams = [], []
-                if after is not None:
-                    where.append(f"{q(spec.pk_column)} > %s")
-                    wparams.append(after)
-                if last is not None:
-                    where.append(f"{q(spec.pk_column)} <= %s")
-                    wparams.append(last)
                 with target_conn.cursor() as cursor:
-                    cursor.execute(
-                        select
-                        + (f" WHERE {' AND '.join(where)}" if where else "")
-                        + f" ORDER BY {q(spec.pk_column)}",
-                        wparams,
-                    )
+                    cursor.execute(*pk_range_sql(q, spec, after, last))
                     target_rows = [tuple(r) for r in cursor.fetchall()]
                 batches += 1
                 rows_total += len(moving)

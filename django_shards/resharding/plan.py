@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -163,25 +163,33 @@ def _aliases_in_use() -> dict[str, str]:
     return used
 
 
+def pk_range_sql(
+    quote: Callable[[str], str], spec: TableSpec, after: Any = None, upto: Any = None
+) -> tuple[str, list[Any]]:
+    """``SELECT`` of every column of ``spec``'s rows with a primary key after ``after``
+    (exclusive) and up to ``upto`` (inclusive; None: no bound), in primary-key order."""
+    pk = quote(spec.pk_column)
+    where, params = [], []
+    if after is not None:
+        where.append(f"{pk} > %s")
+        params.append(after)
+    if upto is not None:
+        where.append(f"{pk} <= %s")
+        params.append(upto)
+    sql = f"SELECT {', '.join(quote(c) for c in spec.columns)} FROM {quote(spec.table)}"
+    return sql + (f" WHERE {' AND '.join(where)}" if where else "") + f" ORDER BY {pk}", params
+
+
 def iter_rows(
     alias: str, spec: TableSpec, batch_size: int, after: Any = None, upto: Any = None
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Batches of rows of ``spec``'s table on ``alias``, in primary-key order, after ``after``
     (exclusive) and up to ``upto`` (inclusive)."""
     conn = connections[alias]
-    q = conn.ops.quote_name
-    select = f"SELECT {', '.join(q(c) for c in spec.columns)} FROM {q(spec.table)}"
     pk_index = spec.columns.index(spec.pk_column)
     while True:
-        where, params = [], []
-        if after is not None:
-            where.append(f"{q(spec.pk_column)} > %s")
-            params.append(after)
-        if upto is not None:
-            where.append(f"{q(spec.pk_column)} <= %s")
-            params.append(upto)
-        sql = select + (f" WHERE {' AND '.join(where)}" if where else "")
-        sql += f" ORDER BY {q(spec.pk_column)} LIMIT {int(batch_size)}"
+        sql, params = pk_range_sql(conn.ops.quote_name, spec, after, upto)
+        sql += f" LIMIT {int(batch_size)}"
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
             rows = [tuple(r) for r in cursor.fetchall()]
