@@ -12,6 +12,7 @@ class ShardsConfig(AppConfig):
         from django_shards import (
             checks,  # noqa: F401  (registers the system checks)
             key_changes,
+            lookup_index,
             metrics,
             replicas,  # noqa: F401  (connects read_mirror_without_locks)
         )
@@ -22,6 +23,7 @@ class ShardsConfig(AppConfig):
         post_delete.connect(pin_after_save, dispatch_uid="django_shards.pin_after_delete")
         assert self.apps is not None  # the registry sets it before it calls ready()
         key_changes.connect(self.apps.get_models())
+        lookup_index.connect(self.apps.get_models())
         metrics.register()  # on prometheus_client.REGISTRY, when it is installed
         post_migrate.connect(
             record_initial_versions, sender=self, dispatch_uid="django_shards.record_maps"

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "LOAD_WINDOW_SECONDS": 300.0,
     "HOT_SHARD_FACTOR": 1.5,
     "SPARES": [],
+    "LOOKUP_ALIAS": None,
 }
 
 #: the keys of ``DJANGO_SHARDS["OPERATOR"]``: the account for work beyond the app's rights
@@ -173,6 +174,8 @@ class ShardsSettings:
     hot_shard_factor: float = 1.5
     #: ``SPARES``: databases free for new shards, taken in order (``primary``, replicas)
     spares: tuple[Spare, ...] = ()
+    #: ``LOOKUP_ALIAS``: where the lookup indexes live (the catalog when not set)
+    lookup_alias: str = "default"
 
 
 def user_settings() -> Any:
@@ -247,9 +250,11 @@ def parse(raw: Mapping[str, Any]) -> ShardsSettings:
                 primaries.setdefault(spec.shard.primary, set()).add(name)
                 replicas.update(spec.shard.replicas)
         node_id = raw.get("NODE_ID")
+        lookup_alias = raw.get("LOOKUP_ALIAS")
         return ShardsSettings(
             groups=groups,
             catalog=str(raw["CATALOG"]),
+            lookup_alias=str(raw["CATALOG"] if lookup_alias is None else lookup_alias),
             read_consistency=str(raw["READ_CONSISTENCY"]),
             pin_after_write_seconds=float(raw["PIN_AFTER_WRITE_SECONDS"]),
             read_your_writes=str(raw["READ_YOUR_WRITES"]),

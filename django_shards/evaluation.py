@@ -29,7 +29,7 @@ from django.db.models.query import (
     prefetch_related_objects,
 )
 
-from django_shards import load, merge
+from django_shards import load, lookup_index, merge
 from django_shards.conf import Shard, get_config
 from django_shards.exceptions import FanoutError, ShardUnavailable
 from django_shards.fanout import FanoutResult, collect, get_executor
@@ -136,6 +136,8 @@ def read(
         return run()
     if shards:
         shard, point = shards[0], qs._routed_point
+    elif qs._lookup_routed:  # the lookup index holds no row: answer as Django does for none()
+        return lookup_index.matching_nothing(qs, run)
     else:
         shard, point = qs._shard_map().owning_shards[0], None
     if qs._for_write:

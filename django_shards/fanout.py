@@ -23,7 +23,7 @@ from typing import Any
 from django.db import DatabaseError, connections
 
 from django_shards.conf import Shard, get_config
-from django_shards.exceptions import FanoutError
+from django_shards.exceptions import FanoutError, ShardKeyRequired
 from django_shards.replicas import is_connection_error, pool
 
 logger = logging.getLogger("django_shards.fanout")
@@ -184,3 +184,23 @@ def collect(
         logger.warning("fan-out %s left out shard %s: %s", what, result.shard.name, result.error)
         missing.append(result.shard.name)
     return good, missing
+
+
+def apply_fanout_setting(model: Any, sk: Any, shards: Sequence[Shard], where: Any) -> None:
+    """``FANOUT`` for a query of ``model`` without its key (``sk``) that would run on
+    ``shards``: ``deny`` raises ``ShardKeyRequired``, ``warn`` logs the model and filter."""
+    mode = get_config().fanout
+    if mode == "deny":
+        raise ShardKeyRequired(
+            f"This {model._meta.label} query does not name its shard key "
+            f"({sk.field_name!r}) and FANOUT is 'deny'; it would run on "
+            f"{len(shards)} shards. Filter on the key, or call .fanout() to allow it."
+        )
+    if mode == "warn":
+        logger.warning(
+            "fan-out: %s on %d shards (%s), filter: %s",
+            model._meta.label,
+            len(shards),
+            ", ".join(s.name for s in shards),
+            where,
+        )

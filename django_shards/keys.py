@@ -24,6 +24,8 @@ class ShardKey:
     group: str
     field_name: str
     manager_name: str = field(default="objects")
+    #: the fields with a lookup index (``ShardedManager(lookups=[...])``)
+    lookups: tuple[str, ...] = ()
 
     @cached_property
     def field(self) -> models.Field:
@@ -81,10 +83,16 @@ class ShardKey:
 _registry: dict[type[models.Model], ShardKey] = {}
 
 
-def register(model: type[models.Model], group: str, field_name: str, manager_name: str) -> None:
+def register(
+    model: type[models.Model],
+    group: str,
+    field_name: str,
+    manager_name: str,
+    lookups: tuple[str, ...] = (),
+) -> None:
     """Record that ``model`` is sharded in ``group`` by ``field_name`` (first manager wins)."""
     if model not in _registry:
-        _registry[model] = ShardKey(model, group, field_name, manager_name)
+        _registry[model] = ShardKey(model, group, field_name, manager_name, lookups)
 
 
 def key_for_model(model: type[models.Model]) -> ShardKey | None:

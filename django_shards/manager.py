@@ -18,12 +18,20 @@ class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignor
     ``key`` names a field (a foreign key means its ``_id`` column; ``"pk"`` the primary
     key). The first ``ShardedManager`` of a model also becomes its base manager, so that
     Django's internal lookups (foreign-key descriptors, ``refresh_from_db``) route too.
+    ``lookups`` names fields with a lookup index (:mod:`django_shards.lookups`): a filter on
+    one of them reads the index, then only the shards that hold its rows.
     """
 
-    def __init__(self, group: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self,
+        group: str | None = None,
+        key: str | None = None,
+        lookups: list[str] | tuple[str, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.group = group
         self.key = key
+        self.lookups = tuple(lookups or ())
 
     def get_queryset(self) -> ShardedQuerySet:
         """A new queryset whose rows come back through a ``ShardedIterable``.
@@ -61,6 +69,6 @@ class ShardedManager(BaseManager.from_queryset(ShardedQuerySet)):  # type: ignor
         super().contribute_to_class(cls, name)
         if self.group is None or cls._meta.abstract:
             return
-        keys.register(cls, self.group, self.key or "pk", name)
+        keys.register(cls, self.group, self.key or "pk", name, self.lookups)
         if not cls._meta.base_manager_name and "base_manager" not in cls._meta.__dict__:
             cls._meta.base_manager_name = name

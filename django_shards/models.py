@@ -173,3 +173,32 @@ class LoadReport(models.Model):
 
     def __str__(self) -> str:
         return f"load {self.group}/{self.shard} {self.process} until {self.ended}"
+
+
+class LookupEntry(models.Model):
+    """One entry of a lookup index: a value of a looked-up field and the shard key of the
+    rows that have it (``ShardedManager(lookups=[...])``, :mod:`django_shards.lookups`).
+
+    Kept on ``LOOKUP_ALIAS`` (the catalog by default). Keys, not shards, are stored, so a
+    split or a failover never touches these rows. ``dedupe`` is ``""`` for a field declared
+    ``unique=True`` (one entry per value: the unique index makes the value cluster-unique)
+    and the key otherwise (one entry per value and key).
+    """
+
+    model = models.CharField(max_length=100, help_text="app_label.modelname")
+    field = models.CharField(max_length=64)
+    value = models.CharField(max_length=255, help_text="the value's canonical text")
+    key = models.CharField(max_length=255, help_text="the rows' shard key, as text")
+    dedupe = models.CharField(max_length=255, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "field", "value", "dedupe"], name="shards_lookup_value"
+            )
+        ]
+        indexes = [models.Index(fields=["model", "field", "key"], name="shards_lookup_key")]
+
+    def __str__(self) -> str:
+        return f"{self.model}.{self.field}={self.value!r} -> {self.key}"

@@ -27,7 +27,9 @@ class _Options(NamedTuple):
     consistency: str | None = None  # strong(), eventual(), consistency()
     fanout: bool = False  # fanout()
     allow_partial: bool = False  # allow_partial()
-    keys_checked: bool = False  # bulk_update() checked its objects' keys: update() need not
+    # a routed bulk_create()/bulk_update() checked its objects' keys and wrote their lookup
+    # entries: its per-shard call need not
+    keys_checked: bool = False
 
 
 _NO_OPTIONS = _Options()

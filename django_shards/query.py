@@ -8,7 +8,7 @@ are pruned to the overlapping shards; anything else fans out and is merged
 
 from __future__ import annotations
 
-import logging
+import functools
 import random
 import time
 from collections.abc import Iterable
@@ -18,8 +18,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import lookups
 from django.db.models.expressions import Col
 
-from django_shards import evaluation, key_changes, load
-from django_shards.conf import Shard, get_config
+from django_shards import evaluation, key_changes, load, lookup_index
+from django_shards.conf import Shard
 from django_shards.context import validate_level
 from django_shards.evaluation import ShardedIterable, sharded_iterable
 from django_shards.exceptions import (
@@ -28,17 +28,17 @@ from django_shards.exceptions import (
     ShardKeyRequired,
     ShardMoving,
 )
+from django_shards.fanout import apply_fanout_setting
 from django_shards.keys import ShardKey, key_for_model
 from django_shards.options import _NO_OPTIONS, _ONE_OPTION, _UNSET, _Options, with_consistency
 from django_shards.queryset_base import QuerySetBase
 from django_shards.replicas import primary_errors
 from django_shards.routing import note_write, read_alias, write_alias, write_shard
+from django_shards.shapes import named_aggregates
 from django_shards.shardmap import ShardMap, get_map, registry
 from django_shards.where import is_expression, keys_of, shards_from_query, shards_from_where
 
 __all__ = ["ShardedQuerySet", "shards_from_where"]
-
-logger = logging.getLogger("django_shards.fanout")
 
 
 class ShardedQuerySet(QuerySetBase):
@@ -53,6 +53,8 @@ class ShardedQuerySet(QuerySetBase):
     missing_shards: list[str] = []  # only ever replaced, never mutated
     #: the shard key the query was routed by, when it named one (its load's sample point)
     _routed_point: Any = None
+    #: its shards came from a lookup index (lookup_index): it names keys, not a fan-out
+    _lookup_routed: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -86,13 +88,7 @@ class ShardedQuerySet(QuerySetBase):
             return evaluation.read(
                 self, shards, lambda: super(ShardedQuerySet, self).aggregate(*args, **kwargs)
             )
-        aggregates = dict(kwargs)
-        for arg in args:
-            try:
-                aggregates[arg.default_alias] = arg
-            except (AttributeError, TypeError):
-                raise TypeError("Complex aggregates require an alias") from None
-        return evaluation.aggregate(self, shards, aggregates)
+        return evaluation.aggregate(self, shards, named_aggregates(args, kwargs))
 
     def count(self) -> int:
         if self._result_cache is not None:
@@ -115,11 +111,14 @@ class ShardedQuerySet(QuerySetBase):
         """Rows are grouped by shard; one batch per shard (not atomic across shards)."""
         objs = list(objs)
         if not self._routes_itself or not objs:  # nothing to route: Django checks the arguments
-            created = super().bulk_create(objs, *args, **kwargs)
+            run = functools.partial(super().bulk_create, objs, *args, **kwargs)
+            created = lookup_index.bulk_create(self, objs, run)
             self._after_write(self._db)
             return created
-        for alias, rows in self._by_shard(objs).items():
-            self.using(alias).bulk_create(rows, *args, **kwargs)
+        by_shard = self._by_shard(objs)
+        lookup_index.bulk_create(self, objs, lambda: None)  # before any shard is written
+        for alias, rows in by_shard.items():
+            self.using(alias)._with(keys_checked=True).bulk_create(rows, *args, **kwargs)
         for obj in objs:  # bulk_create sends no post_save: the keys stored are these
             key_changes.remember_key(type(obj), obj)
         return objs
@@ -129,15 +128,22 @@ class ShardedQuerySet(QuerySetBase):
     ) -> int:
         objs = list(objs)
         if not self._routes_itself or not objs:
-            rows = super().bulk_update(objs, fields, *args, **kwargs)
+            run = functools.partial(super().bulk_update, objs, fields, *args, **kwargs)
+            rows = lookup_index.bulk_update(self, objs, fields, run)
             self._after_write(self._db)
             return rows
         sk = self._shard_key
         assert sk is not None
         key_changes.check_bulk_unchanged(sk, objs)  # before any shard is written
-        return sum(
-            self.using(alias)._with(keys_checked=True).bulk_update(rows, fields, *args, **kwargs)
-            for alias, rows in self._by_shard(objs).items()
+        by_shard = self._by_shard(objs)
+        return lookup_index.bulk_update(
+            self,
+            objs,
+            fields,
+            lambda: sum(
+                self.using(db)._with(keys_checked=True).bulk_update(part, fields, *args, **kwargs)
+                for db, part in by_shard.items()
+            ),
         )
 
     def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[models.Model, bool]:
@@ -226,6 +232,10 @@ class ShardedQuerySet(QuerySetBase):
 
     def update(self, **kwargs: Any) -> int:
         self._check_key_not_updated(kwargs)
+        sk = self._shard_key
+        if sk is not None and sk.lookups and not self._options.keys_checked:
+            run = self._with(keys_checked=True).update
+            return lookup_index.update(self, kwargs, functools.partial(run, **kwargs))
         if self._routes_itself:
             self._check_writable(self._target_shards())
         shards = self._route()
@@ -317,7 +327,8 @@ class ShardedQuerySet(QuerySetBase):
     # -- introspection -------------------------------------------------------------------
 
     def target_shards(self) -> list[str]:
-        """Names of the shards this queryset would run on (no query is run)."""
+        """Names of the shards this queryset would run on (no query is run, except the
+        read of a lookup index when the filters name looked-up values)."""
         return [s.name for s in self._target_shards()]
 
     @property
@@ -459,6 +470,9 @@ class ShardedQuerySet(QuerySetBase):
                     self._routed_point = rhs  # counted in the shard's load sample
                     return [shard]
         names = shards_from_query(query, sk, shard_map)
+        if names is None and sk.lookups:
+            names = lookup_index.shards_for(query, sk, shard_map)
+            self._lookup_routed = names is not None
         if names is None:
             return shard_map.owning_shards
         if len(names) == 1:  # the common case: a key's owner
@@ -480,32 +494,16 @@ class ShardedQuerySet(QuerySetBase):
         if len(shards) > 1:
             evaluation.check_mergeable(self)
             if not self._options.fanout and not self._names_keys():
-                self._apply_fanout_setting(sk, shards)
+                apply_fanout_setting(self.model, sk, shards, self.query.where)
         return shards
 
     def _names_keys(self) -> bool:
-        """True when the filters name shard keys (``author_id__in=[...]``): not a query
-        "without a key", even when the keys live on several shards."""
+        """True when the filters name shard keys (``author_id__in=[...]``) or looked-up
+        values: not a query "without a key", even when the keys live on several shards."""
         sk = self._shard_key
         assert sk is not None
-        return shards_from_query(self.query, sk, self._shard_map()) is not None
-
-    def _apply_fanout_setting(self, sk: ShardKey, shards: list[Shard]) -> None:
-        mode = get_config().fanout
-        if mode == "deny":
-            raise ShardKeyRequired(
-                f"This {self.model._meta.label} query does not name its shard key "
-                f"({sk.field_name!r}) and FANOUT is 'deny'; it would run on "
-                f"{len(shards)} shards. Filter on the key, or call .fanout() to allow it."
-            )
-        if mode == "warn":
-            logger.warning(
-                "fan-out: %s on %d shards (%s), filter: %s",
-                self.model._meta.label,
-                len(shards),
-                ", ".join(s.name for s in shards),
-                self.query.where,
-            )
+        found = shards_from_query(self.query, sk, self._shard_map())
+        return self._lookup_routed or found is not None
 
     def _single_shard(self, shards: list[Shard]) -> Shard:
         if len(shards) == 1:

@@ -74,6 +74,8 @@ class ShardRouter:
         if db in config.replicas:
             return False
         if app_label == "django_shards":
+            if model_name == "lookupentry":
+                return db == config.lookup_alias
             return db == config.catalog
         groups_of = _groups_by_primary()
         if model_name is None:

@@ -94,3 +94,14 @@ def per_shard_rows(qs: ShardedQuerySet, spec: MergeSpec) -> tuple[Any, tuple[str
         shard_qs._iterable_class = ValuesListIterable
     shard_qs._prefetch_related_lookups = ()  # done once, on the merged rows
     return shard_qs, tuple(order)
+
+
+def named_aggregates(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``aggregate()``'s arguments by name, as Django names them."""
+    aggregates = dict(kwargs)
+    for arg in args:
+        try:
+            aggregates[arg.default_alias] = arg
+        except (AttributeError, TypeError):
+            raise TypeError("Complex aggregates require an alias") from None
+    return aggregates

@@ -4,6 +4,7 @@
   :mod:`.groups` (groups, shards, strategies), :mod:`.databases` (aliases, router) and
   :mod:`.operator` (``OPERATOR``, E016);
 - :mod:`.spares` (tag ``django_shards``): ``SPARES`` (E017);
+- :mod:`.lookups`: ``LOOKUP_ALIAS`` (E042, W005) and ``lookups=[...]`` (E040, E041, E043);
 - :mod:`.models` (tag ``models``): sharded models and relations across databases;
 - :mod:`.catalog` (tag ``database``): E030, E031, the only checks that read a database.
 
@@ -13,6 +14,7 @@ at :data:`DOCS_URL`, which each message's hint links to; strategies add their ow
 """
 
 from django_shards.checks.catalog import check_catalog_agrees
+from django_shards.checks.lookups import check_lookup_alias, check_lookups
 from django_shards.checks.messages import DOCS_URL, TAG, docs_link
 from django_shards.checks.models import _check_many_to_many as _check_many_to_many
 from django_shards.checks.models import check_models
@@ -23,6 +25,8 @@ __all__ = [
     "DOCS_URL",
     "TAG",
     "check_catalog_agrees",
+    "check_lookup_alias",
+    "check_lookups",
     "check_models",
     "check_settings",
     "check_spares",

@@ -107,3 +107,39 @@ class PostTwin(models.Model):
     title = models.CharField(max_length=200)
     likes = models.IntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)
+
+
+class Member(models.Model):
+    """A user found by e-mail (cluster-unique) or handle (not unique): lookup indexes."""
+
+    id = SnowflakeField(primary_key=True)
+    email = models.EmailField(unique=True)
+    handle = models.CharField(max_length=40)
+    city = models.CharField(max_length=40, blank=True)
+
+    objects = ShardedManager(group="users", key="id", lookups=["email", "handle"])
+
+
+class Note(models.Model):
+    """Co-located with its member; looked up by title (not unique, shared by a key's rows)."""
+
+    id = SnowflakeField(primary_key=True)
+    member = models.ForeignKey(Member, on_delete=models.CASCADE)
+    title = models.CharField(max_length=100)
+
+    objects = ShardedManager(group="users", key="member", lookups=["title"])
+
+
+class MemberTwin(models.Model):
+    """Unsharded twin of Member for differential tests."""
+
+    id = models.BigIntegerField(primary_key=True)
+    email = models.EmailField(unique=True)
+    handle = models.CharField(max_length=40)
+    city = models.CharField(max_length=40, blank=True)
+
+
+class NoteTwin(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    member = models.ForeignKey(MemberTwin, on_delete=models.CASCADE)
+    title = models.CharField(max_length=100)
