@@ -592,7 +592,8 @@ class ShardedQuerySet(QuerySetBase):
         return grouped
 
     def _single_write_shard(self, kwargs: dict[str, Any]) -> Shard | None:
-        shards = self.filter(**kwargs)._target_shards()
-        if len(shards) == 1:
-            return shards[0]
-        return None
+        """The shard the filters' key names (not a lookup index's: a row to create would
+        not belong there)."""
+        qs = self.filter(**kwargs)
+        shards = qs._target_shards()
+        return shards[0] if len(shards) == 1 and not qs._lookup_routed else None

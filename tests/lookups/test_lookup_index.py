@@ -352,3 +352,24 @@ def test_check_lookup_alias(settings):
         "default": {**settings.DATABASES["default"], "ATOMIC_REQUESTS": True},
     }
     assert [m.id for m in check_lookup_alias()] == ["django_shards.W005"]
+
+
+def test_get_or_create_and_update_or_create_by_a_looked_up_value(monkeypatch):
+    (a,) = members_on_distinct_shards(1)
+    got, created = Member.objects.get_or_create(email=a.email, defaults={"handle": "x"})
+    assert (got, created) == (a, False)
+    new, created = Member.objects.get_or_create(email="fresh@x.org", defaults={"handle": "f"})
+    assert created and Member.objects.get(email="fresh@x.org") == new
+    got, created = Member.objects.update_or_create(email=a.email, defaults={"city": "Rome"})
+    assert (got, created) == (a, False)
+    assert Member.objects.get(pk=a.pk).city == "Rome"
+    # a stale entry names a's shard for "old@..."; the new row goes where its own key says
+    with connections[shard_for(Member, a.pk).primary].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Member._meta.db_table} SET email = %s WHERE id = %s", ["raw@x.org", a.pk]
+        )
+    monkeypatch.setattr(lookup_index, "ORPHAN_GRACE_SECONDS", 0.0)  # an old orphan
+    made, created = Member.objects.update_or_create(email=a.email, defaults={"handle": "n"})
+    assert created and made.pk != a.pk
+    assert Member.objects.on_shard(shard_for(Member, made.pk).name).filter(pk=made.pk).exists()
+    assert Member.objects.strong().get(email=a.email) == made
