@@ -255,18 +255,19 @@ def claim(claims: Iterable[Claim], *, fresh: bool = False) -> None:
 
 
 def _held(db: str, claims: Iterable[Claim]) -> set[tuple[str, str, str, str]]:
-    """Those of ``claims`` whose entry exists: (label, field, key, value), one query."""
+    """Those of ``claims`` whose entry exists: (label, field, key, value), a query per
+    :data:`CHUNK` / 5 claims."""
     from django_shards.models import LookupEntry
 
-    condition = models.Q()
-    for lookup, key, value in claims:
-        condition |= models.Q(model=lookup.label, field=lookup.name, value=value, key=key)
-    rows = (
-        LookupEntry.objects.using(db)
-        .filter(condition)
-        .values_list("model", "field", "key", "value")
-    )
-    return set(rows)
+    claims = list(claims)
+    found: set[tuple[str, str, str, str]] = set()
+    for start in range(0, len(claims), CHUNK // 5):
+        condition = models.Q()
+        for lookup, key, value in claims[start : start + CHUNK // 5]:
+            condition |= models.Q(model=lookup.label, field=lookup.name, value=value, key=key)
+        rows = LookupEntry.objects.using(db).filter(condition)
+        found.update(rows.values_list("model", "field", "key", "value"))
+    return found
 
 
 def _claim_one(db: str, lookup: Lookup, key: str, value: str, new: Any) -> None:
