@@ -9,3 +9,9 @@ class PostForm(forms.ModelForm):
         fields = ["body"]
         widgets = {"body": forms.Textarea(attrs={"rows": 4, "cols": 60, "autofocus": True})}
         labels = {"body": "What's new?"}
+
+
+class FindAuthorForm(forms.Form):
+    email = forms.EmailField(
+        label="E-mail", widget=forms.EmailInput(attrs={"autofocus": True, "size": 40})
+    )

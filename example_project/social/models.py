@@ -14,15 +14,17 @@ from django_shards import ShardedManager, SnowflakeField
 
 class Author(models.Model):
     id = SnowflakeField(primary_key=True)
-    # Unique-ish: the seed makes handles unique, but a UNIQUE index would only hold per
-    # shard. Global uniqueness needs a lookup table on the catalog (not shown here).
+    # Unique-ish: the seed makes handles unique, but a UNIQUE index here would hold per
+    # shard only. The e-mail below is unique across the cluster, through its lookup index.
     handle = models.SlugField(max_length=40, db_index=True)
-    email = models.EmailField()
+    # A lookup: get(email=...) reads the index on the catalog, then the one shard holding
+    # the author; unique=True is enforced across the cluster by that index.
+    email = models.EmailField(unique=True)
     name = models.CharField(max_length=100)
     bio = models.TextField(blank=True)
     joined = models.DateTimeField(default=timezone.now)
 
-    objects = ShardedManager(group="users", key="id")
+    objects = ShardedManager(group="users", key="id", lookups=["email"])
 
     def __str__(self) -> str:
         return f"@{self.handle}"

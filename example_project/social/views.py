@@ -3,7 +3,8 @@
 from django.db.models import Sum
 from django.shortcuts import get_object_or_404, redirect, render
 
-from social.forms import PostForm
+from django_shards import lookup_index, shard_for
+from social.forms import FindAuthorForm, PostForm
 from social.models import Author, Post
 
 LATEST_COUNT = 20
@@ -69,3 +70,27 @@ def new_post(request, author_id):
         form.save()
         return redirect("social:posts", author_id=author.pk)
     return render(request, "social/post_form.html", {"author": author, "form": form})
+
+
+def find_author(request):
+    """Find an author by e-mail, as a login form would (``/find/?email=...``).
+
+    ``email`` is a lookup of ``Author``: ``get(email=...)`` reads the lookup index (on the
+    catalog) for her shard key, then queries her one shard; no fan-out. An address nobody
+    has is answered by the index alone, with a 404.
+    """
+    form = FindAuthorForm(request.GET or None)
+    context = {"form": form, "index_alias": lookup_index.alias()}
+    if not form.is_valid():
+        return render(request, "social/find.html", context)
+    email = form.cleaned_data["email"]
+    try:
+        author = Author.objects.get(email=email)
+    except Author.DoesNotExist:
+        return render(request, "social/find.html", {**context, "missing": email}, status=404)
+    context.update(
+        author=author,
+        shard=shard_for(Author, author.pk).name,  # from the shard map: no query
+        read_from=author._state.db,
+    )
+    return render(request, "social/find.html", context)

@@ -1,7 +1,8 @@
 """``manage.py demo``: a walk through django_shards on the example project.
 
 1. migrate the catalog and every shard primary, 2. seed, 3. where the rows landed,
-4. which database served each read, 5. the library's management commands, 6. skewed
+4. which database served each read (and a find by e-mail: the lookup index, then one
+shard), 5. the library's management commands, 6. skewed
 traffic: one shard hot by load, and ``shard_rebalance`` splitting it onto a spare.
 Re-runnable: migrate is idempotent and the seed skips when the shards hold data.
 """
@@ -14,7 +15,7 @@ from django.core.management.base import BaseCommand
 from django.db import connections, router
 from django.test.utils import CaptureQueriesContext
 
-from django_shards import Shard, load, shard_for
+from django_shards import Shard, load, lookup_index, shard_for
 from social.models import Author, Follow, Post
 from social.shards import shard_names, user_shards
 
@@ -36,6 +37,7 @@ class Command(BaseCommand):
         samples = self.placement()
         # a fresh context, as a new request has: no read-your-writes pins from the seed
         contextvars.Context().run(self.routing, samples[0])
+        contextvars.Context().run(self.find_by_email, samples[-1])
         self.commands()
         contextvars.Context().run(self.hot_shard, samples[-1])
         self.stdout.write("")
@@ -55,7 +57,9 @@ class Command(BaseCommand):
         primaries = [shard.primary for shard in user_shards()]
         for alias in [CATALOG, *primaries]:
             call_command("migrate", database=alias, interactive=False, verbosity=0)
-        self.stdout.write(f"  migrated {CATALOG} (catalog: auth, sessions, admin, shard map)")
+        self.stdout.write(
+            f"  migrated {CATALOG} (catalog: auth, sessions, admin, shard map, lookup index)"
+        )
         self.stdout.write(f"  migrated {', '.join(primaries)} (shard primaries: social)")
         replica = user_shards()[0].replicas[0]
         allowed = router.allow_migrate(replica, "social", model_name="post")
@@ -130,6 +134,35 @@ class Command(BaseCommand):
             }
             run()
         return [alias for alias, queries in captured.items() if queries.captured_queries]
+
+    def find_by_email(self, author):
+        """``get(email=...)``: ``email`` is a lookup, so one index read, then one shard."""
+        index = lookup_index.alias()
+        aliases = [index, *(a for s in user_shards() for a in s.aliases)]
+        with contextlib.ExitStack() as stack:
+            captured = {
+                alias: stack.enter_context(CaptureQueriesContext(connections[alias]))
+                for alias in dict.fromkeys(aliases)
+            }
+            try:
+                found = Author.objects.get(email=author.email)
+            except Author.DoesNotExist:
+                found = None
+        if found is None:  # var/ was seeded before Author.email became a lookup
+            self.stdout.write(
+                "  find by e-mail: the lookup index misses this author; run "
+                "manage.py shard_lookup_rebuild, or delete var/"
+            )
+            return
+        reads = {alias: len(q.captured_queries) for alias, q in captured.items()}
+        shard = shard_for(Author, found.pk)
+        served = [a for a in (shard.primary, *shard.replicas) if reads.get(a)]
+        queried = [s.name for s in user_shards() if any(reads.get(a) for a in s.aliases)]
+        self.stdout.write(
+            f"  find by e-mail: Author.objects.get(email={author.email!r})\n"
+            f"    -> {reads[index]} index read on {index}, then {', '.join(served)} "
+            f"(shard {shard.name}); shards queried: {len(queried)} of {len(user_shards())}"
+        )
 
     # -- 5 ---------------------------------------------------------------------------------
 
