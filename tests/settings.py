@@ -140,6 +140,8 @@ DJANGO_SHARDS = {
         },
         # sensor readings by sensor id: even spread
         "metrics": {"STRATEGY": "hash", "SHARDS": _shards(0, 1, 2, 3)},
+        # members found by e-mail or handle: lookup indexes (tests/lookups)
+        "members": {"STRATEGY": "hash", "SHARDS": _shards(0, 1, 2, 3)},
         # legacy codes: the naive scheme
         "legacy": {"STRATEGY": "modulo", "SHARDS": _shards(0, 1)},
         # deposits by account: one shard, every key, on the HA trio (failover and switchover)

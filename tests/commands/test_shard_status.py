@@ -324,7 +324,7 @@ def test_unknown_group_is_a_usage_error_naming_it_and_the_groups():
     assert excinfo.value.returncode == 2
     message = str(excinfo.value)
     assert "'nope' does not exist" in message
-    assert "groups: users, events, metrics, legacy, ha" in message
+    assert "groups: users, events, metrics, members, legacy, ha" in message
 
 
 def test_bad_arguments_are_a_usage_error():

@@ -1,7 +1,7 @@
 """Lookup indexes: reads by a looked-up value touch only the owners' shards, writes keep the
 index current, and a unique looked-up field is unique across the cluster.
 
-``Member`` (group "users", key id) has lookups on ``email`` (``unique=True``) and
+``Member`` (group "members", key id) has lookups on ``email`` (``unique=True``) and
 ``handle`` (not unique); ``Note`` (key member) on ``title``, which several rows of one key
 may share. The tests are transactional: the index drops a value after the row's
 transaction has committed (``on_commit``), which a test transaction never does.

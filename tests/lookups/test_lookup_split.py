@@ -21,7 +21,7 @@ def test_a_lookup_finds_its_row_after_a_split():
     before = {m.pk: shard_for(Member, m.pk).name for m in members}
     assert "s1" in before.values()
 
-    split("users", "s1", "--to", "s4", "--primary", "s4", "--replica", "s4_r1")
+    split("members", "s1", "--to", "s4", "--primary", "s4", "--replica", "s4_r1")
 
     registry.reset()
     after = {m.pk: shard_for(Member, m.pk).name for m in members}

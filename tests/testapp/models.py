@@ -117,7 +117,7 @@ class Member(models.Model):
     handle = models.CharField(max_length=40)
     city = models.CharField(max_length=40, blank=True)
 
-    objects = ShardedManager(group="users", key="id", lookups=["email", "handle"])
+    objects = ShardedManager(group="members", key="id", lookups=["email", "handle"])
 
 
 class Note(models.Model):
@@ -127,7 +127,7 @@ class Note(models.Model):
     member = models.ForeignKey(Member, on_delete=models.CASCADE)
     title = models.CharField(max_length=100)
 
-    objects = ShardedManager(group="users", key="member", lookups=["title"])
+    objects = ShardedManager(group="members", key="member", lookups=["title"])
 
 
 class MemberTwin(models.Model):
