@@ -45,8 +45,12 @@ from django_shards.shardmap import ShardMap
 from django_shards.strategies.base import canonical_key
 from django_shards.where import base_alias, is_expression, on_key
 
-#: an orphan entry of a cluster-unique value younger than this may be a write in flight
+#: an orphan entry of a cluster-unique value younger than this may be a write in flight:
+#: a new row does not take its value over
 ORPHAN_GRACE_SECONDS = 30.0
+#: a write's row follows its entry within this time (``shard_lookup_rebuild`` looks at an
+#: entry without its row again once it is this old, before it reports or removes it)
+IN_FLIGHT_SECONDS = 2.0
 #: values per lookup query (``filter(email__in=[...])`` with more reads in chunks)
 CHUNK = 500
 T = TypeVar("T")

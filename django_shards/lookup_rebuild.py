@@ -7,8 +7,9 @@ big the table:
    in primary-key order; each batch is checked against the rows of its keys, one query per
    shard (on its primary). An entry whose key has no row with its value is an orphan: left
    by a crash between an entry's write and its row's, or a row changed behind the ORM.
-   An entry younger than :data:`~django_shards.lookup_index.ORPHAN_GRACE_SECONDS` may be a
-   write in flight (its row not committed yet): it is counted as ``recent`` and left alone.
+   An entry younger than :data:`~django_shards.lookup_index.IN_FLIGHT_SECONDS` may be a
+   write in flight (its row not committed yet): it is looked at again once it is that old
+   (``recent`` counts those), and only then counted or removed.
 2. **Missing**: the rows of every owning shard (its primary, in primary-key order, only the
    rows it owns), each batch checked against the entries of its keys. A row value (not
    NULL) without its entry is missing: a lookup newly added to a model with rows (a
@@ -31,6 +32,7 @@ that needs a human, and the rest goes on.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -213,13 +215,26 @@ class _Pass:
         candidates = list(unplaced)
         for name, items in by_shard.items():
             candidates.extend(self.without_rows(shard_map.shard_named(name), items))
-        grace = timedelta(seconds=lookup_index.ORPHAN_GRACE_SECONDS)
-        young = timezone.now() - grace
-        for pk, key, value, created in candidates:
-            if created is not None and created > young:
-                self.report.recent += 1
-                continue
-            self.orphan(pk, key, value)
+        in_flight = timedelta(seconds=lookup_index.IN_FLIGHT_SECONDS)
+        young = [c for c in candidates if c[3] is not None and c[3] > timezone.now() - in_flight]
+        for pk, key, value, _created in candidates:
+            if (pk, key, value, _created) not in young:
+                self.orphan(pk, key, value)
+        if young:
+            # a write may still be between its entry and its row: look again once the
+            # youngest is old enough for that write to have ended
+            self.report.recent += len(young)
+            wait = (max(c[3] for c in young) + in_flight - timezone.now()).total_seconds()
+            time.sleep(max(wait, 0.0))
+            again = list(self.without_rows_anywhere(young))
+            for pk, key, value, _created in again:
+                self.orphan(pk, key, value)
+
+    def without_rows_anywhere(self, items: list[tuple[Any, str, str, Any]]) -> Iterator[Any]:
+        """:meth:`without_rows` for entries of any shard's keys (or none's)."""
+        for item in items:
+            if not row_has(self.lookup, item[1], item[2]):
+                yield item
 
     def without_rows(self, shard: Any, items: list[tuple[Any, str, str, Any]]) -> Iterator[Any]:
         """The entries among ``items`` (of keys on ``shard``) whose key has no row with

@@ -12,13 +12,14 @@ from __future__ import annotations
 import io
 import json
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
 from django.utils import timezone
 
-from django_shards import lookup_index, shard_for
+from django_shards import lookup_index, lookup_rebuild, shard_for
 from django_shards.models import LookupEntry
 from tests.support.backend import MARIADB, unreachable
 from tests.testapp.models import Member, Note
@@ -50,7 +51,7 @@ def entries(model: str = "testapp.member", field: str = "email") -> set[tuple[st
 
 
 def age_entries() -> None:
-    """Make every entry older than ORPHAN_GRACE_SECONDS (a crash a while ago)."""
+    """Make every entry an hour old (a crash a while ago)."""
     index().update(created=timezone.now() - timedelta(hours=1))
 
 
@@ -156,14 +157,34 @@ def test_a_raw_update_is_one_orphan_and_one_missing_entry_and_is_repaired():
     assert Member.objects.get(email="new@x.org").pk == a.pk
 
 
-def test_a_young_entry_without_its_row_is_left_alone():
+def test_a_young_orphan_is_looked_at_again_then_reported_and_repaired(monkeypatch):
     (a,) = members_on_distinct_shards(1)
     raw(a.pk, f"UPDATE {MEMBERS} SET email = %s WHERE id = %s", ["new@x.org", a.pk])
-    code, out, message = run("testapp.Member", "email")  # the old entry is seconds old
+    waits: list[float] = []
+    monkeypatch.setattr(lookup_rebuild, "time", SimpleNamespace(sleep=waits.append))
+    code, _out, message = run("--check", "testapp.Member", "email")  # the entry is young
+    assert code == 1
+    assert message.startswith("The lookup index is not clean: 1 orphan entry, 1 missing entry")
+    assert len(waits) == 1 and 0 < waits[0] <= lookup_index.IN_FLIGHT_SECONDS
+    assert run("testapp.Member", "email")[0] == 0
+    assert entries() == {("new@x.org", str(a.pk))}
+    assert run("--check")[0] == 0
+
+
+def test_a_write_in_flight_is_waited_for_and_left_alone(monkeypatch):
+    (email,) = lookup_index.lookups_of(Member)[:1]
+    m = Member(email="flight@x.org", handle="f")
+    lookup_index.claim([(email, str(m.pk), "flight@x.org")], fresh=True)  # its first step
+
+    def the_row_lands(seconds: float) -> None:  # while the command waits
+        m.save()
+
+    monkeypatch.setattr(lookup_rebuild, "time", SimpleNamespace(sleep=the_row_lands))
+    code, out, message = run("testapp.Member", "email")
     assert code == 0, message
-    assert "1 entries without their row are younger than 30s" in out
-    assert (a.email, str(a.pk)) in entries()  # may be a write in flight: kept
-    assert ("new@x.org", str(a.pk)) in entries()
+    assert "0 removed" in out
+    assert entries() == {("flight@x.org", str(m.pk))}
+    assert Member.objects.get(email="flight@x.org") == m
 
 
 def test_a_value_in_another_case_is_covered_under_a_case_insensitive_collation():

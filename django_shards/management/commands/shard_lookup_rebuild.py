@@ -19,7 +19,7 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from django_shards.lookup_index import ORPHAN_GRACE_SECONDS, Lookup, lookups_of
+from django_shards.lookup_index import IN_FLIGHT_SECONDS, Lookup, lookups_of
 from django_shards.lookup_rebuild import (
     DEFAULT_BATCH_SIZE,
     LookupReport,
@@ -154,8 +154,9 @@ class Command(ShardsCommand):
                     self.stdout.write(f"  {value!r} -> {key}")
             if r.recent:
                 self.stdout.write(
-                    f"{r.name}: {r.recent} entries without their row are younger than "
-                    f"{ORPHAN_GRACE_SECONDS:g}s (writes may be in flight): left alone."
+                    f"{r.name}: {r.recent} entries without their row were younger than "
+                    f"{IN_FLIGHT_SECONDS:g}s (writes maybe in flight): looked at again "
+                    "once that old."
                 )
             for conflict in r.conflicts:
                 self.stdout.write(
