@@ -373,3 +373,17 @@ def test_get_or_create_and_update_or_create_by_a_looked_up_value(monkeypatch):
     assert created and made.pk != a.pk
     assert Member.objects.on_shard(shard_for(Member, made.pk).name).filter(pk=made.pk).exists()
     assert Member.objects.strong().get(email=a.email) == made
+
+
+def test_migrate_creates_the_index_on_lookup_alias_only(settings):
+    from django_shards.router import ShardRouter
+
+    router = ShardRouter()
+    assert router.allow_migrate("default", "django_shards", "lookupentry") is True
+    assert router.allow_migrate("s5", "django_shards", "lookupentry") is False
+    settings.DJANGO_SHARDS = {**settings.DJANGO_SHARDS, "LOOKUP_ALIAS": "s5"}
+    assert router.allow_migrate("s5", "django_shards", "lookupentry") is True
+    assert router.allow_migrate("default", "django_shards", "lookupentry") is False
+    assert router.allow_migrate("default", "django_shards", "shardmapversion") is True
+    assert router.allow_migrate("s5", "django_shards", "shardmapversion") is False
+    assert lookup_index.alias() == "s5"
