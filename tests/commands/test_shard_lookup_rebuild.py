@@ -22,6 +22,7 @@ from django.utils import timezone
 from django_shards import lookup_index, lookup_rebuild, shard_for
 from django_shards.models import LookupEntry
 from tests.support.backend import MARIADB, unreachable
+from tests.support.members import members_on_distinct_shards
 from tests.testapp.models import Member, Note
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
@@ -59,21 +60,6 @@ def raw(model_key: object, sql: str, params: list) -> None:
     """Run ``sql`` on the primary of the shard owning ``model_key``, behind the ORM."""
     with connections[shard_for(Member, model_key).primary].cursor() as cursor:
         cursor.execute(sql, params)
-
-
-def members_on_distinct_shards(n: int, prefix: str = "m") -> list[Member]:
-    seen: set[str] = set()
-    out: list[Member] = []
-    i = 0
-    while len(out) < n:
-        m = Member(email=f"{prefix}{i}@x.org", handle=f"{prefix}{i}")
-        i += 1
-        name = shard_for(Member, m.pk).name
-        if name not in seen:
-            seen.add(name)
-            m.save()
-            out.append(m)
-    return out
 
 
 def insert_raw(email: str, handle: str) -> Member:

@@ -20,26 +20,12 @@ from django.test.utils import CaptureQueriesContext
 from django_shards import lookup_index, shard_for
 from django_shards.conf import get_config
 from django_shards.models import LookupEntry
+from tests.support.members import members_on_distinct_shards
 from tests.testapp.models import Member, Note
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 
 SHARD_ALIASES = [f"s{i}" for i in range(4)] + [f"s{i}_r1" for i in range(4)]
-
-
-def members_on_distinct_shards(n: int, prefix: str = "m") -> list[Member]:
-    seen: set[str] = set()
-    out: list[Member] = []
-    i = 0
-    while len(out) < n:
-        m = Member(email=f"{prefix}{i}@x.org", handle=f"{prefix}{i}")
-        i += 1
-        name = shard_for(Member, m.pk).name
-        if name not in seen:
-            seen.add(name)
-            m.save()
-            out.append(m)
-    return out
 
 
 @contextlib.contextmanager
