@@ -46,6 +46,9 @@ logger = logging.getLogger("django_shards.load")
 
 #: points kept per shard between two flushes (memory stays bounded whatever the traffic)
 SAMPLE_SIZE = 256
+#: once a shard's sample is full, about one read in this many (at random) is timed into the
+#: histogram (standing for the reads since the one before) and offered to the sample
+EVENT_EVERY = 32
 #: upper bounds (seconds) of the query-time histogram's buckets
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: reports older than this many windows are deleted by a flush
@@ -86,17 +89,19 @@ class Reservoir:
     once full, random numbers are drawn only for the points that replace a kept one, about
     ``SAMPLE_SIZE * ln(seen / SAMPLE_SIZE)`` of them, not for every point)."""
 
-    __slots__ = ("next", "points", "seen", "w")
+    __slots__ = ("next", "points", "seen", "start", "w")
 
     def __init__(self) -> None:
         self.seen = 0  # points offered (the sample's population)
         self.points: list[Any] = []
+        #: the slot's count of points named before this reservoir's first (see _Slot.event)
+        self.start = -1
         self.w = _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
         #: the number of the next point (1-based) that goes into the sample once it is full
         self.next = SAMPLE_SIZE + _next_gap(self.w)
 
     def add(self, point: Any) -> None:
-        """Offer one point (:meth:`LoadCounter.record` inlines the common case)."""
+        """Offer one point."""
         seen = self.seen = self.seen + 1
         if seen <= SAMPLE_SIZE:
             self.points.append(point)
@@ -112,15 +117,29 @@ class Reservoir:
 
 class _Slot:
     """One thread's counts for one shard since the thread started counting: written only
-    by that thread (the flusher writes only ``flushed`` and swaps ``reservoir``)."""
+    by that thread (the flusher writes only ``flushed``, swaps ``reservoir`` and sets
+    ``countdown`` to 1, which at worst makes an event come early or a little late).
+
+    Reads, writes, rows, seconds and the queries that named no point are exact. The rest
+    (the read-time histogram, the reservoir) is updated only at an *event* (:meth:`event`):
+    every write, and the read that ``countdown`` reaches, about one in
+    :data:`EVENT_EVERY` once the reservoir is full, at random, and every read the
+    reservoir takes (all while it fills, then the ones Algorithm L picks). A read event
+    adds to its bucket the reads since the previous one, so the buckets sum to the reads
+    up to that event; :meth:`buckets` gives the few reads since to the last event's
+    bucket, so that the histogram's sum is the exact count."""
 
     __slots__ = (
+        "countdown",
         "flushed",
         "read_buckets",
+        "read_last",
         "read_rows",
         "read_seconds",
+        "read_timed",
         "reads",
         "reservoir",
+        "unpointed",
         "write_buckets",
         "write_rows",
         "write_seconds",
@@ -128,20 +147,66 @@ class _Slot:
     )
 
     def __init__(self) -> None:
-        self.reads = self.writes = self.read_rows = self.write_rows = 0
+        self.reads = self.writes = self.read_rows = self.write_rows = self.unpointed = 0
         self.read_seconds = self.write_seconds = 0.0
         self.read_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.write_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        #: reads the read buckets hold (up to the last read event), and its bucket
+        self.read_timed = self.read_last = 0
         self.reservoir = Reservoir()
-        #: (reads, writes, rows, seconds) when the last flush read them (the flusher's)
-        self.flushed: tuple[int, int, int, float] = (0, 0, 0, 0.0)
+        #: reads until the next read event (the first read is one)
+        self.countdown = 1
+        #: (reads, writes, rows, seconds, unpointed) when the last flush read them
+        self.flushed: tuple[int, int, int, float, int] = (0, 0, 0, 0.0, 0)
+
+    def event(self, write: bool, seconds: float, point: Any) -> None:
+        """The query just counted is an event: into the histogram (a read for itself and
+        the reads since the last event) and offered to the reservoir; the next read event
+        is chosen."""
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)
+        if write:
+            self.write_buckets[bucket] += 1
+        else:
+            reads = self.reads
+            self.read_buckets[bucket] += reads - self.read_timed
+            self.read_timed, self.read_last = reads, bucket
+        # the reservoir's population: the points named since its first event (a new one,
+        # after a flush, starts at the first event it sees: the points between are left out)
+        position = self.reads + self.writes - self.unpointed
+        reservoir = self.reservoir
+        if reservoir.start < 0:
+            reservoir.start = position - (point is not None)
+        seen = reservoir.seen = position - reservoir.start
+        points = reservoir.points
+        if point is not None:
+            if len(points) < SAMPLE_SIZE:
+                points.append(point)
+            elif seen >= reservoir.next:
+                reservoir.replace(point)
+        if len(points) < SAMPLE_SIZE:  # every read is an event while the sample fills
+            self.countdown = 1
+            return
+        # the countdown ends on the next point the reservoir takes, or before it
+        gap = 1 + int(_random() * (2 * EVENT_EVERY - 1))  # mean EVENT_EVERY, never periodic
+        self.countdown = min(gap, reservoir.next - seen)
+
+    def buckets(self, write: bool) -> tuple[int, list[int]]:
+        """(queries, histogram) of reads or writes: the histogram sums to the queries."""
+        if write:  # every write is an event: its bucket is counted after the write
+            buckets = list(self.write_buckets)
+            return sum(buckets), buckets
+        buckets = list(self.read_buckets)  # before the count: then it holds no more reads
+        last, reads = self.read_last, self.reads
+        buckets[last] += reads - sum(buckets)
+        return reads, buckets
 
     def add_to(self, totals: dict[tuple[str, str, str], Counts], group: str, shard: str) -> None:
         """Add this slot's counts since it started to ``totals`` (by read|write)."""
-        for kind, queries, rows, seconds, buckets in (
-            ("read", self.reads, self.read_rows, self.read_seconds, self.read_buckets),
-            ("write", self.writes, self.write_rows, self.write_seconds, self.write_buckets),
+        for kind, rows, seconds in (
+            ("read", self.read_rows, self.read_seconds),
+            ("write", self.write_rows, self.write_seconds),
         ):
+            queries, buckets = self.buckets(kind == "write")
             if not queries:
                 continue
             total = totals.get((group, shard, kind))
@@ -211,28 +276,27 @@ class LoadCounter:
     ) -> None:
         """Count one query routed to ``shard`` of ``group``: a read (or a ``write``) of
         ``rows`` rows that took ``seconds``; ``point``, the shard key it named (None when it
-        named none), goes into the shard's sample. No lock, no system call."""
+        named none), goes into the shard's sample. No lock, no system call; once the
+        shard's sample is full, most reads only add to four counts (see :class:`_Slot`)."""
         try:
             slot = self._local.slots[group][shard]
         except (AttributeError, KeyError):
             slot = self._new_slot(group, shard)
+        if point is None:
+            slot.unpointed += 1
         if write:
             slot.writes += 1
             slot.write_rows += rows
             slot.write_seconds += seconds
-            slot.write_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        else:
-            slot.reads += 1
-            slot.read_rows += rows
-            slot.read_seconds += seconds
-            slot.read_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        if point is not None:  # Reservoir.add, inlined
-            reservoir = slot.reservoir
-            seen = reservoir.seen = reservoir.seen + 1
-            if seen <= SAMPLE_SIZE:
-                reservoir.points.append(point)
-            elif seen >= reservoir.next:
-                reservoir.replace(point)
+            slot.event(True, seconds, point)
+            return
+        slot.reads += 1
+        slot.read_rows += rows
+        slot.read_seconds += seconds
+        countdown = slot.countdown - 1
+        slot.countdown = countdown
+        if countdown <= 0:
+            slot.event(False, seconds, point)
 
     def _new_slot(self, group: str, shard: str) -> _Slot:
         """This thread's slot for a shard it had not counted yet (and on its first count,
@@ -288,11 +352,13 @@ class LoadCounter:
                 for group, by_shard in slots.copy().items():
                     for shard, slot in by_shard.copy().items():
                         reservoir, slot.reservoir = slot.reservoir, Reservoir()
+                        slot.countdown = 1  # the new one starts at the next read (or soon)
                         reads, writes = slot.reads, slot.writes
                         rows = slot.read_rows + slot.write_rows
                         seconds = slot.read_seconds + slot.write_seconds
+                        unpointed = slot.unpointed
                         before = slot.flushed
-                        slot.flushed = (reads, writes, rows, seconds)
+                        slot.flushed = (reads, writes, rows, seconds, unpointed)
                         if reads == before[0] and writes == before[1] and not reservoir.seen:
                             continue
                         counts = pending.get((group, shard))
@@ -302,6 +368,10 @@ class LoadCounter:
                         counts.writes += writes - before[1]
                         counts.rows += rows - before[2]
                         counts.seconds += seconds - before[3]
+                        # the points named: exact (the reservoir sees them from its start)
+                        counts.sampled_from += (
+                            reads + writes - unpointed - (before[0] + before[1] - before[4])
+                        )
                         if reservoir.seen:
                             samples.setdefault((group, shard), []).append(
                                 (reservoir.seen, reservoir.points)
@@ -309,8 +379,10 @@ class LoadCounter:
                 if not alive:
                     ended.append((thread, slots))
             for key, parts in samples.items():
-                counts = pending.setdefault(key, Counts())
-                counts.sampled_from, counts.sample = merge_samples(parts)
+                pending[key].sample = merge_samples(parts)[1]
+            for counts in pending.values():
+                if not counts.sample:
+                    counts.sampled_from = 0  # as before: no sample, no population
             if ended:
                 with self._lock:
                     for entry in ended:
