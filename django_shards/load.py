@@ -31,7 +31,6 @@ import random
 import socket
 import threading
 import time
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -83,13 +82,26 @@ _NEVER = 2.0**62
 
 _log, _log1p, _exp, _random = math.log, math.log1p, math.exp, random.random
 
+#: the reads between two events once a shard's sample is full (after the one before): random,
+#: mean EVENT_EVERY, drawn once; each slot goes round them from a random place
+_GAPS = tuple(1 + int(_random() * (2 * EVENT_EVERY - 1)) for _ in range(1024))
+
+
+#: replacements of a full reservoir planned at a time (:meth:`Reservoir.replace`)
+PLAN_STEPS = 32
+
 
 class Reservoir:
     """A uniform sample of at most ``SAMPLE_SIZE`` of the points seen (Li's Algorithm L:
     once full, random numbers are drawn only for the points that replace a kept one, about
-    ``SAMPLE_SIZE * ln(seen / SAMPLE_SIZE)`` of them, not for every point)."""
+    ``SAMPLE_SIZE * ln(seen / SAMPLE_SIZE)`` of them, not for every point).
 
-    __slots__ = ("next", "points", "seen", "start", "w")
+    Which kept point each replacement takes and the gap to the next one do not depend on
+    the points: they are planned :data:`PLAN_STEPS` at a time, in one loop (the routed path
+    then pays a list pop per replacement, not the random and math functions, which are
+    slow there: their code is cold)."""
+
+    __slots__ = ("next", "plan", "points", "seen", "start", "w")
 
     def __init__(self) -> None:
         self.seen = 0  # points offered (the sample's population)
@@ -99,6 +111,8 @@ class Reservoir:
         self.w = _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
         #: the number of the next point (1-based) that goes into the sample once it is full
         self.next = SAMPLE_SIZE + _next_gap(self.w)
+        #: the replacements planned, the next one last: (index of the kept point, gap after)
+        self.plan: list[tuple[int, int]] = []
 
     def add(self, point: Any) -> None:
         """Offer one point."""
@@ -110,9 +124,23 @@ class Reservoir:
 
     def replace(self, point: Any) -> None:
         """``point`` (the ``next``-th) takes the place of a kept point chosen at random."""
-        self.points[int(_random() * SAMPLE_SIZE)] = point
-        w = self.w = self.w * _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
-        self.next += _next_gap(w)
+        plan = self.plan
+        if not plan:
+            self._plan()
+        index, gap = plan.pop()
+        self.points[index] = point
+        self.next += gap
+
+    def _plan(self) -> None:
+        steps = []
+        w = self.w
+        for _ in range(PLAN_STEPS):
+            index = int(_random() * SAMPLE_SIZE)
+            w *= _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
+            steps.append((index, _next_gap(w)))
+        self.w = w
+        steps.reverse()
+        self.plan[:] = steps
 
 
 class _Slot:
@@ -139,6 +167,7 @@ class _Slot:
         "read_timed",
         "reads",
         "reservoir",
+        "turn",
         "unpointed",
         "write_buckets",
         "write_rows",
@@ -154,16 +183,23 @@ class _Slot:
         #: reads the read buckets hold (up to the last read event), and its bucket
         self.read_timed = self.read_last = 0
         self.reservoir = Reservoir()
-        #: reads until the next read event (the first read is one)
+        #: reads until the next read event (the first read is one), and where this slot
+        #: is in the gaps between events once the sample is full
         self.countdown = 1
+        self.turn = int(_random() * len(_GAPS))
         #: (reads, writes, rows, seconds, unpointed) when the last flush read them
         self.flushed: tuple[int, int, int, float, int] = (0, 0, 0, 0.0, 0)
 
     def event(self, write: bool, seconds: float, point: Any) -> None:
         """The query just counted is an event: into the histogram (a read for itself and
         the reads since the last event) and offered to the reservoir; the next read event
-        is chosen."""
-        bucket = bisect_left(LATENCY_BUCKETS, seconds)
+        is chosen. Only bytecode and list operations: no call into a C module, whose code
+        is cold on the routed path (bisect and random cost microseconds there)."""
+        bucket = 0
+        for bound in LATENCY_BUCKETS:  # bisect_left(LATENCY_BUCKETS, seconds)
+            if seconds <= bound:
+                break
+            bucket += 1
         if write:
             self.write_buckets[bucket] += 1
         else:
@@ -187,8 +223,9 @@ class _Slot:
             self.countdown = 1
             return
         # the countdown ends on the next point the reservoir takes, or before it
-        gap = 1 + int(_random() * (2 * EVENT_EVERY - 1))  # mean EVENT_EVERY, never periodic
-        self.countdown = min(gap, reservoir.next - seen)
+        turn = self.turn = (self.turn + 1) & (len(_GAPS) - 1)
+        gap, left = _GAPS[turn], reservoir.next - seen
+        self.countdown = gap if gap < left else left
 
     def buckets(self, write: bool) -> tuple[int, list[int]]:
         """(queries, histogram) of reads or writes: the histogram sums to the queries."""
