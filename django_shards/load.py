@@ -48,6 +48,8 @@ SAMPLE_SIZE = 256
 #: once a shard's sample is full, about one read in this many (at random) is timed into the
 #: histogram (standing for the reads since the one before) and offered to the sample
 EVENT_EVERY = 32
+#: replacements of a full reservoir planned at a time (:meth:`Reservoir.replace`)
+PLAN_STEPS = 32
 #: upper bounds (seconds) of the query-time histogram's buckets
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: reports older than this many windows are deleted by a flush
@@ -87,10 +89,6 @@ _log, _log1p, _exp, _random = math.log, math.log1p, math.exp, random.random
 _GAPS = tuple(1 + int(_random() * (2 * EVENT_EVERY - 1)) for _ in range(1024))
 
 
-#: replacements of a full reservoir planned at a time (:meth:`Reservoir.replace`)
-PLAN_STEPS = 32
-
-
 class Reservoir:
     """A uniform sample of at most ``SAMPLE_SIZE`` of the points seen (Li's Algorithm L:
     once full, random numbers are drawn only for the points that replace a kept one, about
@@ -114,14 +112,6 @@ class Reservoir:
         #: the replacements planned, the next one last: (index of the kept point, gap after)
         self.plan: list[tuple[int, int]] = []
 
-    def add(self, point: Any) -> None:
-        """Offer one point."""
-        seen = self.seen = self.seen + 1
-        if seen <= SAMPLE_SIZE:
-            self.points.append(point)
-        elif seen >= self.next:
-            self.replace(point)
-
     def replace(self, point: Any) -> None:
         """``point`` (the ``next``-th) takes the place of a kept point chosen at random."""
         plan = self.plan
@@ -139,8 +129,7 @@ class Reservoir:
             w *= _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
             steps.append((index, _next_gap(w)))
         self.w = w
-        steps.reverse()
-        self.plan[:] = steps
+        self.plan[:] = steps[::-1]
 
 
 class _Slot:
@@ -148,14 +137,12 @@ class _Slot:
     by that thread (the flusher writes only ``flushed``, swaps ``reservoir`` and sets
     ``countdown`` to 1, which at worst makes an event come early or a little late).
 
-    Reads, writes, rows, seconds and the queries that named no point are exact. The rest
-    (the read-time histogram, the reservoir) is updated only at an *event* (:meth:`event`):
-    every write, and the read that ``countdown`` reaches, about one in
-    :data:`EVENT_EVERY` once the reservoir is full, at random, and every read the
-    reservoir takes (all while it fills, then the ones Algorithm L picks). A read event
-    adds to its bucket the reads since the previous one, so the buckets sum to the reads
-    up to that event; :meth:`buckets` gives the few reads since to the last event's
-    bucket, so that the histogram's sum is the exact count."""
+    Reads, writes, rows, seconds and the queries that named no point are exact. The
+    histogram and the reservoir are updated at *events* (:meth:`event`): every write, and
+    the read ``countdown`` reaches: each read the reservoir takes (all while it fills, then
+    Algorithm L's), else one in about :data:`EVENT_EVERY`, at random. A read event adds
+    the reads since the last one to its bucket; :meth:`buckets` gives the reads since to
+    the last event's bucket, so that the histogram sums to the exact count."""
 
     __slots__ = (
         "countdown",
@@ -191,10 +178,9 @@ class _Slot:
         self.flushed: tuple[int, int, int, float, int] = (0, 0, 0, 0.0, 0)
 
     def event(self, write: bool, seconds: float, point: Any) -> None:
-        """The query just counted is an event: into the histogram (a read for itself and
-        the reads since the last event) and offered to the reservoir; the next read event
-        is chosen. Only bytecode and list operations: no call into a C module, whose code
-        is cold on the routed path (bisect and random cost microseconds there)."""
+        """The query just counted goes into the histogram (a read with the reads since the
+        last event) and the reservoir, and the next event is chosen; no call into a C
+        module: their code is cold on the routed path (bisect, random cost microseconds)."""
         bucket = 0
         for bound in LATENCY_BUCKETS:  # bisect_left(LATENCY_BUCKETS, seconds)
             if seconds <= bound:
