@@ -48,7 +48,7 @@ SAMPLE_SIZE = 256
 #: once a shard's sample is full, about one read in this many (at random) is timed into the
 #: histogram (standing for the reads since the one before) and offered to the sample
 EVENT_EVERY = 32
-#: replacements of a full reservoir planned at a time (:meth:`Reservoir.replace`)
+#: replacements of a full reservoir planned at a time (:meth:`Reservoir.planned`)
 PLAN_STEPS = 32
 #: upper bounds (seconds) of the query-time histogram's buckets
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -97,7 +97,7 @@ class Reservoir:
     Which kept point each replacement takes and the gap to the next one do not depend on
     the points: they are planned :data:`PLAN_STEPS` at a time, in one loop (the routed path
     then pays a list pop per replacement, not the random and math functions, which are
-    slow there: their code is cold)."""
+    slow there: their code is cold; see :meth:`_Slot.event`)."""
 
     __slots__ = ("next", "plan", "points", "seen", "start", "w")
 
@@ -112,16 +112,8 @@ class Reservoir:
         #: the replacements planned, the next one last: (index of the kept point, gap after)
         self.plan: list[tuple[int, int]] = []
 
-    def replace(self, point: Any) -> None:
-        """``point`` (the ``next``-th) takes the place of a kept point chosen at random."""
-        plan = self.plan
-        if not plan:
-            self._plan()
-        index, gap = plan.pop()
-        self.points[index] = point
-        self.next += gap
-
-    def _plan(self) -> None:
+    def planned(self) -> list[tuple[int, int]]:
+        """The plan, :data:`PLAN_STEPS` more replacements drawn if it ran out."""
         steps = []
         w = self.w
         for _ in range(PLAN_STEPS):
@@ -130,22 +122,23 @@ class Reservoir:
             steps.append((index, _next_gap(w)))
         self.w = w
         self.plan[:] = steps[::-1]
+        return self.plan
 
 
 class _Slot:
     """One thread's counts for one shard since the thread started counting: written only
     by that thread (the flusher writes only ``flushed``, swaps ``reservoir`` and sets
-    ``countdown`` to 1, which at worst makes an event come early or a little late).
+    ``due`` to 0, which at worst makes an event come early or a little late).
 
     Reads, writes, rows, seconds and the queries that named no point are exact. The
     histogram and the reservoir are updated at *events* (:meth:`event`): every write, and
-    the read ``countdown`` reaches: each read the reservoir takes (all while it fills, then
+    the read that reaches ``due``: each read the reservoir takes (all while it fills, then
     Algorithm L's), else one in about :data:`EVENT_EVERY`, at random. A read event adds
     the reads since the last one to its bucket; :meth:`buckets` gives the reads since to
     the last event's bucket, so that the histogram sums to the exact count."""
 
     __slots__ = (
-        "countdown",
+        "due",
         "flushed",
         "read_buckets",
         "read_last",
@@ -170,9 +163,9 @@ class _Slot:
         #: reads the read buckets hold (up to the last read event), and its bucket
         self.read_timed = self.read_last = 0
         self.reservoir = Reservoir()
-        #: reads until the next read event (the first read is one), and where this slot
-        #: is in the gaps between events once the sample is full
-        self.countdown = 1
+        #: the count of reads at which the next read event is (the first read is one), and
+        #: where this slot is in the gaps between events once the sample is full
+        self.due = 1
         self.turn = int(_random() * len(_GAPS))
         #: (reads, writes, rows, seconds, unpointed) when the last flush read them
         self.flushed: tuple[int, int, int, float, int] = (0, 0, 0, 0.0, 0)
@@ -203,15 +196,17 @@ class _Slot:
         if point is not None:
             if len(points) < SAMPLE_SIZE:
                 points.append(point)
-            elif seen >= reservoir.next:
-                reservoir.replace(point)
+            elif seen >= reservoir.next:  # it takes the place of a kept point, as planned
+                index, gap = (reservoir.plan or reservoir.planned()).pop()
+                points[index] = point
+                reservoir.next += gap
         if len(points) < SAMPLE_SIZE:  # every read is an event while the sample fills
-            self.countdown = 1
+            self.due = self.reads + 1
             return
-        # the countdown ends on the next point the reservoir takes, or before it
+        # the next event is on the next point the reservoir takes, or before it
         turn = self.turn = (self.turn + 1) & (len(_GAPS) - 1)
         gap, left = _GAPS[turn], reservoir.next - seen
-        self.countdown = gap if gap < left else left
+        self.due = self.reads + (gap if gap < left else left)
 
     def buckets(self, write: bool) -> tuple[int, list[int]]:
         """(queries, histogram) of reads or writes: the histogram sums to the queries."""
@@ -313,12 +308,10 @@ class LoadCounter:
             slot.write_seconds += seconds
             slot.event(True, seconds, point)
             return
-        slot.reads += 1
+        reads = slot.reads = slot.reads + 1
         slot.read_rows += rows
         slot.read_seconds += seconds
-        countdown = slot.countdown - 1
-        slot.countdown = countdown
-        if countdown <= 0:
+        if reads >= slot.due:
             slot.event(False, seconds, point)
 
     def _new_slot(self, group: str, shard: str) -> _Slot:
@@ -375,7 +368,7 @@ class LoadCounter:
                 for group, by_shard in slots.copy().items():
                     for shard, slot in by_shard.copy().items():
                         reservoir, slot.reservoir = slot.reservoir, Reservoir()
-                        slot.countdown = 1  # the new one starts at the next read (or soon)
+                        slot.due = 0  # the new one starts at the next read (or soon)
                         reads, writes = slot.reads, slot.writes
                         rows = slot.read_rows + slot.write_rows
                         seconds = slot.read_seconds + slot.write_seconds
