@@ -31,7 +31,6 @@ import random
 import socket
 import threading
 import time
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -46,6 +45,11 @@ logger = logging.getLogger("django_shards.load")
 
 #: points kept per shard between two flushes (memory stays bounded whatever the traffic)
 SAMPLE_SIZE = 256
+#: once a shard's sample is full, about one read in this many (at random) is timed into the
+#: histogram (standing for the reads since the one before) and offered to the sample
+EVENT_EVERY = 32
+#: replacements of a full reservoir planned at a time (:meth:`Reservoir.planned`)
+PLAN_STEPS = 32
 #: upper bounds (seconds) of the query-time histogram's buckets
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: reports older than this many windows are deleted by a flush
@@ -80,47 +84,71 @@ _NEVER = 2.0**62
 
 _log, _log1p, _exp, _random = math.log, math.log1p, math.exp, random.random
 
+#: the reads between two events once a shard's sample is full (after the one before): random,
+#: mean EVENT_EVERY, drawn once; each slot goes round them from a random place
+_GAPS = tuple(1 + int(_random() * (2 * EVENT_EVERY - 1)) for _ in range(1024))
+
 
 class Reservoir:
     """A uniform sample of at most ``SAMPLE_SIZE`` of the points seen (Li's Algorithm L:
     once full, random numbers are drawn only for the points that replace a kept one, about
-    ``SAMPLE_SIZE * ln(seen / SAMPLE_SIZE)`` of them, not for every point)."""
+    ``SAMPLE_SIZE * ln(seen / SAMPLE_SIZE)`` of them, not for every point).
 
-    __slots__ = ("next", "points", "seen", "w")
+    Which kept point each replacement takes and the gap to the next one do not depend on
+    the points: they are planned :data:`PLAN_STEPS` at a time, in one loop (the routed path
+    then pays a list pop per replacement, not the random and math functions, which are
+    slow there: their code is cold; see :meth:`_Slot.event`)."""
+
+    __slots__ = ("next", "plan", "points", "seen", "start", "w")
 
     def __init__(self) -> None:
         self.seen = 0  # points offered (the sample's population)
         self.points: list[Any] = []
+        #: the slot's count of points named before this reservoir's first (see _Slot.event)
+        self.start = -1
         self.w = _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
         #: the number of the next point (1-based) that goes into the sample once it is full
         self.next = SAMPLE_SIZE + _next_gap(self.w)
+        #: the replacements planned, the next one last: (index of the kept point, gap after)
+        self.plan: list[tuple[int, int]] = []
 
-    def add(self, point: Any) -> None:
-        """Offer one point (:meth:`LoadCounter.record` inlines the common case)."""
-        seen = self.seen = self.seen + 1
-        if seen <= SAMPLE_SIZE:
-            self.points.append(point)
-        elif seen >= self.next:
-            self.replace(point)
-
-    def replace(self, point: Any) -> None:
-        """``point`` (the ``next``-th) takes the place of a kept point chosen at random."""
-        self.points[int(_random() * SAMPLE_SIZE)] = point
-        w = self.w = self.w * _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
-        self.next += _next_gap(w)
+    def planned(self) -> list[tuple[int, int]]:
+        """The plan, :data:`PLAN_STEPS` more replacements drawn if it ran out."""
+        steps = []
+        w = self.w
+        for _ in range(PLAN_STEPS):
+            index = int(_random() * SAMPLE_SIZE)
+            w *= _exp(_log(1.0 - _random()) / SAMPLE_SIZE)
+            steps.append((index, _next_gap(w)))
+        self.w = w
+        self.plan[:] = steps[::-1]
+        return self.plan
 
 
 class _Slot:
     """One thread's counts for one shard since the thread started counting: written only
-    by that thread (the flusher writes only ``flushed`` and swaps ``reservoir``)."""
+    by that thread (the flusher writes only ``flushed``, swaps ``reservoir`` and sets
+    ``due`` to 0, which at worst makes an event come early or a little late).
+
+    Reads, writes, rows, seconds and the queries that named no point are exact. The
+    histogram and the reservoir are updated at *events* (:meth:`event`): every write, and
+    the read that reaches ``due``: each read the reservoir takes (all while it fills, then
+    Algorithm L's), else one in about :data:`EVENT_EVERY`, at random. A read event adds
+    the reads since the last one to its bucket; :meth:`buckets` gives the reads since to
+    the last event's bucket, so that the histogram sums to the exact count."""
 
     __slots__ = (
+        "due",
         "flushed",
         "read_buckets",
+        "read_last",
         "read_rows",
         "read_seconds",
+        "read_timed",
         "reads",
         "reservoir",
+        "turn",
+        "unpointed",
         "write_buckets",
         "write_rows",
         "write_seconds",
@@ -128,20 +156,75 @@ class _Slot:
     )
 
     def __init__(self) -> None:
-        self.reads = self.writes = self.read_rows = self.write_rows = 0
+        self.reads = self.writes = self.read_rows = self.write_rows = self.unpointed = 0
         self.read_seconds = self.write_seconds = 0.0
         self.read_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.write_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        #: reads the read buckets hold (up to the last read event), and its bucket
+        self.read_timed = self.read_last = 0
         self.reservoir = Reservoir()
-        #: (reads, writes, rows, seconds) when the last flush read them (the flusher's)
-        self.flushed: tuple[int, int, int, float] = (0, 0, 0, 0.0)
+        #: the count of reads at which the next read event is (the first read is one), and
+        #: where this slot is in the gaps between events once the sample is full
+        self.due = 1
+        self.turn = int(_random() * len(_GAPS))
+        #: (reads, writes, rows, seconds, unpointed) when the last flush read them
+        self.flushed: tuple[int, int, int, float, int] = (0, 0, 0, 0.0, 0)
+
+    def event(self, write: bool, seconds: float, point: Any) -> None:
+        """The query just counted goes into the histogram (a read with the reads since the
+        last event) and the reservoir, and the next event is chosen; no call into a C
+        module: their code is cold on the routed path (bisect, random cost microseconds)."""
+        bucket = 0
+        for bound in LATENCY_BUCKETS:  # bisect_left(LATENCY_BUCKETS, seconds)
+            if seconds <= bound:
+                break
+            bucket += 1
+        if write:
+            self.write_buckets[bucket] += 1
+        else:
+            reads = self.reads
+            self.read_buckets[bucket] += reads - self.read_timed
+            self.read_timed, self.read_last = reads, bucket
+        # the reservoir's population: the points named since its first event (a new one,
+        # after a flush, starts at the first event it sees: the points between are left out)
+        position = self.reads + self.writes - self.unpointed
+        reservoir = self.reservoir
+        if reservoir.start < 0:
+            reservoir.start = position - (point is not None)
+        seen = reservoir.seen = position - reservoir.start
+        points = reservoir.points
+        if point is not None:
+            if len(points) < SAMPLE_SIZE:
+                points.append(point)
+            elif seen >= reservoir.next:  # it takes the place of a kept point, as planned
+                index, gap = (reservoir.plan or reservoir.planned()).pop()
+                points[index] = point
+                reservoir.next += gap
+        if len(points) < SAMPLE_SIZE:  # every read is an event while the sample fills
+            self.due = self.reads + 1
+            return
+        # the next event is on the next point the reservoir takes, or before it
+        turn = self.turn = (self.turn + 1) & (len(_GAPS) - 1)
+        gap, left = _GAPS[turn], reservoir.next - seen
+        self.due = self.reads + (gap if gap < left else left)
+
+    def buckets(self, write: bool) -> tuple[int, list[int]]:
+        """(queries, histogram) of reads or writes: the histogram sums to the queries."""
+        if write:  # every write is an event: its bucket is counted after the write
+            buckets = list(self.write_buckets)
+            return sum(buckets), buckets
+        buckets = list(self.read_buckets)  # before the count: then it holds no more reads
+        last, reads = self.read_last, self.reads
+        buckets[last] += reads - sum(buckets)
+        return reads, buckets
 
     def add_to(self, totals: dict[tuple[str, str, str], Counts], group: str, shard: str) -> None:
         """Add this slot's counts since it started to ``totals`` (by read|write)."""
-        for kind, queries, rows, seconds, buckets in (
-            ("read", self.reads, self.read_rows, self.read_seconds, self.read_buckets),
-            ("write", self.writes, self.write_rows, self.write_seconds, self.write_buckets),
+        for kind, rows, seconds in (
+            ("read", self.read_rows, self.read_seconds),
+            ("write", self.write_rows, self.write_seconds),
         ):
+            queries, buckets = self.buckets(kind == "write")
             if not queries:
                 continue
             total = totals.get((group, shard, kind))
@@ -211,28 +294,25 @@ class LoadCounter:
     ) -> None:
         """Count one query routed to ``shard`` of ``group``: a read (or a ``write``) of
         ``rows`` rows that took ``seconds``; ``point``, the shard key it named (None when it
-        named none), goes into the shard's sample. No lock, no system call."""
+        named none), goes into the shard's sample. No lock, no system call; once the
+        shard's sample is full, most reads only add to four counts (see :class:`_Slot`)."""
         try:
             slot = self._local.slots[group][shard]
         except (AttributeError, KeyError):
             slot = self._new_slot(group, shard)
+        if point is None:
+            slot.unpointed += 1
         if write:
             slot.writes += 1
             slot.write_rows += rows
             slot.write_seconds += seconds
-            slot.write_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        else:
-            slot.reads += 1
-            slot.read_rows += rows
-            slot.read_seconds += seconds
-            slot.read_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        if point is not None:  # Reservoir.add, inlined
-            reservoir = slot.reservoir
-            seen = reservoir.seen = reservoir.seen + 1
-            if seen <= SAMPLE_SIZE:
-                reservoir.points.append(point)
-            elif seen >= reservoir.next:
-                reservoir.replace(point)
+            slot.event(True, seconds, point)
+            return
+        reads = slot.reads = slot.reads + 1
+        slot.read_rows += rows
+        slot.read_seconds += seconds
+        if reads >= slot.due:
+            slot.event(False, seconds, point)
 
     def _new_slot(self, group: str, shard: str) -> _Slot:
         """This thread's slot for a shard it had not counted yet (and on its first count,
@@ -288,11 +368,13 @@ class LoadCounter:
                 for group, by_shard in slots.copy().items():
                     for shard, slot in by_shard.copy().items():
                         reservoir, slot.reservoir = slot.reservoir, Reservoir()
+                        slot.due = 0  # the new one starts at the next read (or soon)
                         reads, writes = slot.reads, slot.writes
                         rows = slot.read_rows + slot.write_rows
                         seconds = slot.read_seconds + slot.write_seconds
+                        unpointed = slot.unpointed
                         before = slot.flushed
-                        slot.flushed = (reads, writes, rows, seconds)
+                        slot.flushed = (reads, writes, rows, seconds, unpointed)
                         if reads == before[0] and writes == before[1] and not reservoir.seen:
                             continue
                         counts = pending.get((group, shard))
@@ -302,6 +384,10 @@ class LoadCounter:
                         counts.writes += writes - before[1]
                         counts.rows += rows - before[2]
                         counts.seconds += seconds - before[3]
+                        # the points named: exact (the reservoir sees them from its start)
+                        counts.sampled_from += (
+                            reads + writes - unpointed - (before[0] + before[1] - before[4])
+                        )
                         if reservoir.seen:
                             samples.setdefault((group, shard), []).append(
                                 (reservoir.seen, reservoir.points)
@@ -309,8 +395,10 @@ class LoadCounter:
                 if not alive:
                     ended.append((thread, slots))
             for key, parts in samples.items():
-                counts = pending.setdefault(key, Counts())
-                counts.sampled_from, counts.sample = merge_samples(parts)
+                pending[key].sample = merge_samples(parts)[1]
+            for counts in pending.values():
+                if not counts.sample:
+                    counts.sampled_from = 0  # as before: no sample, no population
             if ended:
                 with self._lock:
                     for entry in ended:

@@ -43,6 +43,7 @@ LATENCY_ALPHA = 0.2
 
 #: kinds of alias (ReplicaPool._kind): no health to read, health to read, not in DATABASES
 _PLAIN, _MYSQL, _UNCONFIGURED = "plain", "mysql", "unconfigured"
+PLAIN_KIND = _PLAIN  # for routing.read_alias, which inlines choose()'s first case
 
 #: MySQL/MariaDB client and server errors that mean "this server is not answering"
 _CONNECTION_ERRORS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
@@ -19,7 +20,7 @@ from django_shards.exceptions import (
 )
 from django_shards.health import monitor
 from django_shards.keys import ShardKey, key_for_model
-from django_shards.replicas import pool
+from django_shards.replicas import PLAIN_KIND, pool
 from django_shards.shardmap import ShardMap, get_map, registry
 
 if TYPE_CHECKING:
@@ -196,10 +197,11 @@ def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = 
     primary = shard.primary
     if primary not in connections.settings:
         raise _unconfigured(shard, primary)
-    if not shard.replicas:
+    replicas = shard.replicas
+    if not replicas:
         return primary
     if consistency is None:
-        if (context.current_consistency() or get_config().read_consistency) == "strong":
+        if (_current_consistency() or get_config().read_consistency) == "strong":
             return primary
         # in_atomic_block(primary), inlined: this runs on every default read
         conn = getattr(_this_thread, primary, None)
@@ -207,7 +209,7 @@ def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = 
             conn = _remember_connection(primary)
         if conn.in_atomic_block:
             return primary
-        pin = None if context.pins().get(primary) is None else context.pinned(primary)
+        pin = None if _pins().get(primary) is None else context.pinned(primary)
         if pin is not None:
             gtid = pin[1]
             if gtid is None or get_config().read_your_writes != "gtid":
@@ -219,7 +221,18 @@ def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = 
             )
     elif consistency == "strong":
         return primary
+    if not connect and len(replicas) == 1 and not pool._down_until:
+        # pool.choose's first case, inlined: one replica, usable without a call (a plain
+        # database, or probed healthy within HEALTH_TTL_SECONDS) and not cooling down
+        alias = replicas[0]
+        if pool._kinds.get(alias) is PLAIN_KIND or _monotonic() < _healthy_until.get(alias, 0.0):
+            return alias
     return pool.choose(shard, connect=connect) or primary
+
+
+#: bound once: read_alias runs on every routed read
+_current_consistency, _pins, _monotonic = context.current_consistency, context.pins, time.monotonic
+_healthy_until = monitor.healthy_until  # the monitor clears it in place, never replaces it
 
 
 #: this thread's connection object of each alias, as attributes (alias -> object)

@@ -7,6 +7,7 @@ Group ``events`` (range by account): s0 holds accounts below 1000, s1 1000-1999,
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import random
@@ -344,3 +345,30 @@ def test_a_forked_child_starts_with_no_counts_and_its_own_flusher():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert set(load.totals()) == {("events", "s0", "read")}  # the parent's, untouched
+
+
+def test_the_histogram_sums_to_the_count_and_the_points_named_are_exact():
+    """Most reads only count (the histogram and the sample take about one in
+    EVENT_EVERY once the sample is full): the histogram still sums to every read, by the
+    time each took, and the population of the sample is every query that named a point."""
+    counter = load.LoadCounter()
+    for n in range(50_000):
+        slow = n % 10 == 0  # a tenth of the reads take 30 ms, the rest 0.2 ms
+        point = None if n % 5 == 4 else n
+        counter.record("g", "s", rows=1, seconds=0.03 if slow else 0.0002, point=point)
+        if n in (1, 300, 12_345):
+            assert sum(counter.totals()[("g", "s", "read")].buckets) == n + 1
+    counter.record("g", "s", write=True, rows=1, seconds=0.002, point=7)
+    totals = counter.totals()
+    read, write = totals[("g", "s", "read")], totals[("g", "s", "write")]
+    assert read.reads == sum(read.buckets) == 50_000
+    assert write.writes == sum(write.buckets) == 1 and write.buckets[1] == 1
+    slow_bucket = bisect.bisect_left(load.LATENCY_BUCKETS, 0.03)
+    assert 0.08 < read.buckets[slow_bucket] / 50_000 < 0.12  # a tenth, estimated
+    assert read.buckets[0] + read.buckets[slow_bucket] == 50_000
+    _, _, pending = counter.take()
+    counts = pending[("g", "s")]
+    assert counts.reads == 50_000 and counts.writes == 1
+    assert counts.sampled_from == 40_001  # every query but the fifth of the reads
+    assert len(counts.sample) == load.SAMPLE_SIZE and None not in counts.sample
+    assert 0.35 < sum(p < 25_000 for p in counts.sample) / load.SAMPLE_SIZE < 0.65
