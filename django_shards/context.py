@@ -70,6 +70,14 @@ def pinned(primary: str) -> tuple[float, str | None] | None:
 pins: Callable[[], Mapping[str, tuple[float, str | None]]] = _pins.get
 
 
+def drop_expired_pins() -> None:
+    """Forget this context's expired pins (a default read then finds none to check)."""
+    now = time.time()
+    pins = _pins.get()
+    if any(entry[0] <= now for entry in pins.values()):
+        _pins.set({alias: entry for alias, entry in pins.items() if entry[0] > now})
+
+
 def current_pins() -> dict[str, tuple[float, str | None]]:
     """Live pins, for carrying them across requests."""
     now = time.time()

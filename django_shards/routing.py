@@ -210,7 +210,9 @@ def read_alias(shard: Shard, consistency: str | None = None, *, connect: bool = 
         if conn.in_atomic_block:
             return primary
         pin = None if _pins().get(primary) is None else context.pinned(primary)
-        if pin is not None:
+        if pin is None and _pins().get(primary) is not None:
+            context.drop_expired_pins()  # so the next reads skip the clock
+        elif pin is not None:
             gtid = pin[1]
             if gtid is None or get_config().read_your_writes != "gtid":
                 return primary

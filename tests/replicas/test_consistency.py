@@ -51,6 +51,7 @@ def test_read_right_after_a_write_goes_to_the_primary_until_the_pin_expires():
         assert Author.objects.eventual().get(pk=a.pk)._state.db == shard.replicas[0]
         time.sleep(0.35)
         assert Author.objects.get(pk=a.pk)._state.db == shard.replicas[0]
+        assert shard.primary not in context.pins()  # the expired pin is forgotten
 
 
 def test_pins_are_per_shard():
