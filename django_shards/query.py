@@ -447,9 +447,9 @@ class ShardedQuerySet(QuerySetBase):
         where = query.where
         children = where.children
         if len(children) == 1 and not where.negated and not query.combinator:
-            # the common case (get(pk=k), filter(author_id=k)) inlined, an int key's owner
-            # remembered by the map: this runs on every routed query, where a call or two
-            # shows (cold caches). The key-column test is where.on_key's (keep them alike).
+            # the common case (get(pk=k), filter(author_id=k)) inlined: one key, = value;
+            # this runs on every routed query, where a call or two shows (cold caches).
+            # The key-column test is where.on_key's, written out (keep them alike).
             node = children[0]
             if isinstance(node, lookups.Exact):
                 lhs, rhs = node.lhs, node.rhs
@@ -459,12 +459,12 @@ class ShardedQuerySet(QuerySetBase):
                     and getattr(lhs.target, "column", None) == sk.column
                     and (rhs.__class__ is int or not hasattr(rhs, "resolve_expression"))
                 ):
-                    if rhs.__class__ is int and sk.int_key:
-                        shard = shard_map.owners.get(rhs)
-                    else:
-                        rhs, shard = sk.normalize(rhs), None
+                    if rhs.__class__ is not int or not sk.int_key:
+                        rhs = sk.normalize(rhs)
                     try:
-                        shard = shard or shard_map.owner_of(rhs)
+                        shard = shard_map.shards[
+                            shard_map.strategy.shard_for_key(shard_map.layout, rhs)
+                        ]
                     except NoShardForKey:
                         return []
                     self._routed_point = rhs  # counted in the shard's load sample

@@ -58,10 +58,6 @@ class Freeze:
     layout: Layout  # the layout after the split
 
 
-#: int keys whose owner a map remembers (:meth:`ShardMap.owner_of`) before it forgets them
-OWNERS_REMEMBERED = 8192
-
-
 @dataclass(frozen=True, eq=False)
 class ShardMap:
     """One version of a group's assignment of points to shards."""
@@ -119,24 +115,6 @@ class ShardMap:
     def shard_for_key(self, key: Any) -> Shard:
         """The shard owning ``key``. Raises ``NoShardForKey``."""
         return self.shards[self.strategy.shard_for_key(self.layout, key)]
-
-    def owner_of(self, key: Any) -> Shard:
-        """:meth:`shard_for_key`, remembered in :attr:`owners` when ``key`` is an int."""
-        shard = self.shards[self.strategy.shard_for_key(self.layout, key)]
-        if key.__class__ is int:
-            owners = self.owners
-            if len(owners) >= OWNERS_REMEMBERED:
-                owners.clear()  # bounded; the keys routed often come back first
-            owners[key] = shard
-        return shard
-
-    @cached_property
-    def owners(self) -> dict[int, Shard]:
-        """Int keys this map routed, by :meth:`owner_of`, and their shards: a single-key
-        query looks its key up here before the strategy hashes it (a SHA-1 or MD5 on
-        every routed query otherwise). The map and its layout never change, so neither
-        does an owner; a new map version starts empty."""
-        return {}
 
     def shards_for_range(
         self, lo: Any, hi: Any, lo_inclusive: bool = True, hi_inclusive: bool = False
