@@ -93,6 +93,12 @@ def test_an_unknown_value_touches_no_shard():
         assert not Member.objects.filter(email__in=["a@y", "b@y"]).exists()
         assert Member.objects.filter(email="nobody@x.org").count() == 0
     assert touched_shards(counts) == set()
+    nobody = Member.objects.filter(email="nobody@x.org")
+    assert nobody.delete() == (0, {})
+    assert nobody.update(city="x") == 0
+    assert nobody.in_bulk() == {}
+    assert list(nobody.iterator()) == []
+    assert nobody.first() is None
 
 
 def test_combined_filters_and_a_non_unique_lookup():
