@@ -27,6 +27,8 @@ from pathlib import Path
 
 import environ
 
+from benchmarks.topology import mysql_database, primaries, sqlite_database
+
 env = environ.Env()
 BACKEND = env.str("FANOUT_BENCH_BACKEND", default="sqlite")
 SHARD_COUNT = env.int("FANOUT_BENCH_SHARDS", default=8)
@@ -45,13 +47,7 @@ SHARD_ALIASES = [f"f{i}" for i in range(SHARD_COUNT)]
 if BACKEND == "mariadb":
 
     def _mysql(var: str, name: str | None = None) -> dict:
-        cfg = env.db(var)
-        if name is not None:
-            cfg["NAME"] = name
-        cfg.setdefault("OPTIONS", {}).update({"charset": "utf8mb4", "connect_timeout": 2})
-        cfg["CONN_MAX_AGE"] = CONN_MAX_AGE
-        cfg["TEST"] = {"NAME": f"test_fanout_{cfg['NAME']}"}
-        return cfg
+        return mysql_database(env, var, prefix="test_fanout", conn_max_age=CONN_MAX_AGE, name=name)
 
     DATABASES = {"default": _mysql("DATABASE_URL")}
     for i, alias in enumerate(SHARD_ALIASES):
@@ -60,38 +56,22 @@ else:
     _dir = Path(os.environ["FANOUT_BENCH_DIR"])
 
     def _sqlite(name: str) -> dict:
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(_dir / f"{name}.sqlite3"),
-            "TEST": {"NAME": str(_dir / f"test_fanout_{name}.sqlite3")},
-            "OPTIONS": {"timeout": 20},
-            "CONN_MAX_AGE": CONN_MAX_AGE,
-        }
+        return sqlite_database(_dir, name, prefix="test_fanout", conn_max_age=CONN_MAX_AGE)
 
     DATABASES = {"default": _sqlite("catalog")}
     for alias in SHARD_ALIASES:
         DATABASES[alias] = _sqlite(alias)
 
 
-def _shards(aliases, ranges=None):
-    out = []
-    for n, alias in enumerate(aliases):
-        shard = {"NAME": alias, "PRIMARY": alias, "REPLICAS": []}
-        if ranges:
-            shard["RANGE"] = ranges[n]
-        out.append(shard)
-    return out
-
-
 DJANGO_SHARDS = {
     "GROUPS": {
-        "users": {"STRATEGY": "hash", "SHARDS": _shards(SHARD_ALIASES)},
-        "metrics": {"STRATEGY": "hash", "SHARDS": _shards(SHARD_ALIASES)},
+        "users": {"STRATEGY": "hash", "SHARDS": primaries(SHARD_ALIASES)},
+        "metrics": {"STRATEGY": "hash", "SHARDS": primaries(SHARD_ALIASES)},
         "events": {
             "STRATEGY": "range",
-            "SHARDS": _shards(SHARD_ALIASES[:2], ranges=[[None, 1000], [1000, None]]),
+            "SHARDS": primaries(SHARD_ALIASES[:2], ranges=[[None, 1000], [1000, None]]),
         },
-        "legacy": {"STRATEGY": "hash", "SHARDS": _shards(SHARD_ALIASES[:2])},
+        "legacy": {"STRATEGY": "hash", "SHARDS": primaries(SHARD_ALIASES[:2])},
     },
     "CATALOG": "default",
     "FANOUT": "allow",

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import environ
 
+from benchmarks.topology import mysql_database, primaries, sqlite_database
+
 env = environ.Env()
 BACKEND = env.str("LOOKUP_BENCH_BACKEND", default="sqlite")
 SHARD_COUNT = env.int("LOOKUP_BENCH_SHARDS", default=8)
@@ -60,13 +62,9 @@ if BACKEND == "mariadb":
     PRIMARY_SERVERS = list(_server_urls)
 
     def _mysql(var: str, name: str | None = None) -> dict:
-        cfg = env.db(var)
-        if name is not None:
-            cfg["NAME"] = name
-        cfg.setdefault("OPTIONS", {}).update({"charset": "utf8mb4", "connect_timeout": 2})
-        cfg["CONN_MAX_AGE"] = CONN_MAX_AGE
-        cfg["TEST"] = {"NAME": f"test_lookup_{cfg['NAME']}" + (f"_{_suffix}" if _suffix else "")}
-        return cfg
+        return mysql_database(
+            env, var, prefix="test_lookup", conn_max_age=CONN_MAX_AGE, name=name, suffix=_suffix
+        )
 
     DATABASES = {"default": _mysql("DATABASE_URL")}
     for _i, _alias in enumerate(SHARD_ALIASES):
@@ -79,13 +77,7 @@ else:
     _dir = Path(os.environ["LOOKUP_BENCH_DIR"])
 
     def _sqlite(name: str) -> dict:
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(_dir / f"{name}.sqlite3"),
-            "TEST": {"NAME": str(_dir / f"test_lookup_{name}.sqlite3")},
-            "OPTIONS": {"timeout": 20},
-            "CONN_MAX_AGE": CONN_MAX_AGE,
-        }
+        return sqlite_database(_dir, name, prefix="test_lookup", conn_max_age=CONN_MAX_AGE)
 
     DATABASES = {"default": _sqlite("catalog")}
     for _alias in SHARD_ALIASES:
@@ -94,35 +86,25 @@ else:
     PLACEMENT["default"] = "test_lookup_catalog.sqlite3"
 
 
-def _shards(aliases, ranges=None):
-    out = []
-    for n, alias in enumerate(aliases):
-        shard = {"NAME": alias, "PRIMARY": alias, "REPLICAS": []}
-        if ranges:
-            shard["RANGE"] = ranges[n]
-        out.append(shard)
-    return out
-
-
 DJANGO_SHARDS = {
     "GROUPS": {
         "users": {
             "STRATEGY": "consistent_hash",
             "OPTIONS": {"vnodes": 64},
-            "SHARDS": _shards(SHARD_ALIASES),
+            "SHARDS": primaries(SHARD_ALIASES),
         },
         "members": {
             "STRATEGY": "consistent_hash",
             "OPTIONS": {"vnodes": 64},
-            "SHARDS": _shards(SHARD_ALIASES),
+            "SHARDS": primaries(SHARD_ALIASES),
         },
-        "metrics": {"STRATEGY": "hash", "SHARDS": _shards(SHARD_ALIASES[:2])},
+        "metrics": {"STRATEGY": "hash", "SHARDS": primaries(SHARD_ALIASES[:2])},
         "events": {
             "STRATEGY": "range",
-            "SHARDS": _shards(SHARD_ALIASES[:2], ranges=[[None, 1000], [1000, None]]),
+            "SHARDS": primaries(SHARD_ALIASES[:2], ranges=[[None, 1000], [1000, None]]),
         },
-        "legacy": {"STRATEGY": "hash", "SHARDS": _shards(SHARD_ALIASES[:2])},
-        "ha": {"STRATEGY": "range", "SHARDS": _shards(SHARD_ALIASES[:1], ranges=[[None, None]])},
+        "legacy": {"STRATEGY": "hash", "SHARDS": primaries(SHARD_ALIASES[:2])},
+        "ha": {"STRATEGY": "range", "SHARDS": primaries(SHARD_ALIASES[:1], ranges=[[None, None]])},
     },
     "CATALOG": "default",
     "FANOUT": "allow",
