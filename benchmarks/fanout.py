@@ -58,13 +58,14 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.topology import databases_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOAL_PARALLEL = 1.3  # fan-out time / slowest single shard
@@ -123,19 +124,12 @@ def _configure(args: argparse.Namespace) -> str | None:
     os.environ["FANOUT_BENCH_SHARDS"] = str(args.shards)
     os.environ["FANOUT_BENCH_WORKERS"] = str(args.workers)
     os.environ["FANOUT_BENCH_CONN_MAX_AGE"] = str(args.conn_max_age)
-    if args.backend == "mariadb":
-        missing = [
-            v for v in ("DATABASE_URL", "S0_URL", "S1_URL", "S2_URL") if not os.environ.get(v)
-        ]
-        if missing:
-            sys.exit(
-                f"--backend mariadb needs {', '.join(missing)}; "
-                "run `source /tmp/django_shards_mariadb/env` first (scripts/mariadb-topology up)."
-            )
-        return None
-    tmp = tempfile.mkdtemp(prefix="shards-fanout-bench-")
-    os.environ["FANOUT_BENCH_DIR"] = tmp
-    return tmp
+    return databases_dir(
+        args.backend,
+        ("DATABASE_URL", "S0_URL", "S1_URL", "S2_URL"),
+        "FANOUT_BENCH_DIR",
+        "shards-fanout-bench-",
+    )
 
 
 def _git_state() -> dict[str, Any]:

@@ -58,7 +58,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.routing import _quantile, _source_state, _table, _verdict
+from benchmarks.topology import databases_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 2.5
@@ -82,17 +82,9 @@ def _configure(backend: str, shards: int) -> str | None:
     os.environ["LOOKUP_BENCH_BACKEND"] = backend
     os.environ["LOOKUP_BENCH_SHARDS"] = str(shards)
     os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.lookup_settings"
-    if backend == "mariadb":
-        missing = [v for v in ("DATABASE_URL", "S0_URL") if not os.environ.get(v)]
-        if missing:
-            sys.exit(
-                f"--backend mariadb needs {', '.join(missing)}; "
-                "run `source /tmp/django_shards_mariadb/env` first (scripts/mariadb-topology up)."
-            )
-        return None
-    tmp = tempfile.mkdtemp(prefix="shards-lookup-bench-")
-    os.environ["LOOKUP_BENCH_DIR"] = tmp
-    return tmp
+    return databases_dir(
+        backend, ("DATABASE_URL", "S0_URL"), "LOOKUP_BENCH_DIR", "shards-lookup-bench-"
+    )
 
 
 def _insert_members(count: int) -> list[tuple[int, str]]:

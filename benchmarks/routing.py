@@ -87,6 +87,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.topology import databases_dir
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 1.03
 WARMUP_ROUNDS = 10
@@ -130,17 +132,9 @@ def _configure(backend: str) -> str | None:
     """Point Django at ``benchmarks.settings`` for ``backend``; the SQLite temp dir, if any."""
     os.environ["SHARDS_DB"] = backend
     os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
-    if backend == "mariadb":
-        missing = [v for v in ("DATABASE_URL", "S0_URL", "S0_R1_URL") if not os.environ.get(v)]
-        if missing:
-            sys.exit(
-                f"--backend mariadb needs {', '.join(missing)}; "
-                "run `source /tmp/django_shards_mariadb/env` first (scripts/mariadb-topology up)."
-            )
-        return None
-    tmp = tempfile.mkdtemp(prefix="shards-bench-")
-    os.environ["SHARDS_SQLITE_DIR"] = tmp
-    return tmp
+    return databases_dir(
+        backend, ("DATABASE_URL", "S0_URL", "S0_R1_URL"), "SHARDS_SQLITE_DIR", "shards-bench-"
+    )
 
 
 def _replica_aliases() -> dict[str, str]:

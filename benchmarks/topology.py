@@ -1,6 +1,9 @@
 """What the benchmarks' own settings modules (``fanout_settings``, ``lookup_settings``)
 share: their database entries and their primaries-only shard lists."""
 
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +42,20 @@ def primaries(aliases: list[str], ranges: list | None = None) -> list[dict]:
             shard["RANGE"] = ranges[n]
         out.append(shard)
     return out
+
+
+def databases_dir(backend: str, needs: tuple[str, ...], dir_var: str, prefix: str) -> str | None:
+    """Before Django starts: on MariaDB, exit with one sentence unless the topology's URLs
+    ``needs`` are set; on SQLite, a new temporary directory for the database files, also
+    put in ``$dir_var`` for the settings module (returned, for the caller to remove)."""
+    if backend == "mariadb":
+        missing = [v for v in needs if not os.environ.get(v)]
+        if missing:
+            sys.exit(
+                f"--backend mariadb needs {', '.join(missing)}; "
+                "run `source /tmp/django_shards_mariadb/env` first (scripts/mariadb-topology up)."
+            )
+        return None
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.environ[dir_var] = tmp
+    return tmp
