@@ -214,11 +214,12 @@ class ShardedQuerySet(QuerySetBase):
         return evaluation.in_bulk(self, shards, id_list, field_name)
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        if self._routes_itself:
-            self._check_writable(self._target_shards())
-        shards = self._route()
+        shards = self._target_shards() if self._routes_itself else None  # read once
+        if shards is not None:
+            self._check_writable(shards)
+        shards = self._route(shards)
         if shards is None or len(shards) <= 1:
-            alias = self._write_alias_single()
+            alias = self._db if shards is None else shards[0].primary if shards else None
             started = time.perf_counter()
             with primary_errors(alias):
                 deleted = super().delete()
@@ -236,11 +237,12 @@ class ShardedQuerySet(QuerySetBase):
         if sk is not None and sk.lookups and not self._options.keys_checked:
             run = self._with(keys_checked=True).update
             return lookup_index.update(self, kwargs, functools.partial(run, **kwargs))
-        if self._routes_itself:
-            self._check_writable(self._target_shards())
-        shards = self._route()
+        shards = self._target_shards() if self._routes_itself else None  # read once
+        if shards is not None:
+            self._check_writable(shards)
+        shards = self._route(shards)
         if shards is None or len(shards) <= 1:
-            alias = self._write_alias_single()
+            alias = self._db if shards is None else shards[0].primary if shards else None
             started = time.perf_counter()
             with primary_errors(alias):
                 rows = super().update(**kwargs)
@@ -479,18 +481,20 @@ class ShardedQuerySet(QuerySetBase):
             return [shard_map.shards[next(iter(names))]]
         return [s for s in shard_map.owning_shards if s.name in names]
 
-    def _route(self) -> list[Shard] | None:
+    def _route(self, shards: list[Shard] | None = None) -> list[Shard] | None:
         """Where this query runs: None when ``using()`` chose (or the model is unsharded),
-        else its target shards (none: it matches nothing). When there are several, the
-        fan-out is checked (mergeable, ``FANOUT``: ``deny`` raises ``ShardKeyRequired``
-        unless ``.fanout()`` was asked, ``warn`` logs the model and the filter)."""
+        else its target shards (none: it matches nothing; ``shards``: already read). When
+        there are several, the fan-out is checked (mergeable, ``FANOUT``: ``deny`` raises
+        ``ShardKeyRequired`` unless ``.fanout()`` was asked, ``warn`` logs the model and the
+        filter)."""
         sk = key_for_model(self.model)
         if sk is None:
             return None
         db = self._db
         if db is not None and get_map(sk.group).shard_for_alias(db) is not None:
             return None
-        shards = self._target_shards(sk)
+        if shards is None:
+            shards = self._target_shards(sk)
         if len(shards) > 1:
             evaluation.check_mergeable(self)
             if not self._options.fanout and not self._names_keys():
@@ -577,13 +581,6 @@ class ShardedQuerySet(QuerySetBase):
         if shard is not None:
             seconds = time.perf_counter() - started
             load.record(sk.group, shard.name, write=True, rows=rows, seconds=seconds, point=point)
-
-    def _write_alias_single(self) -> str | None:
-        """The primary a single-shard write of this queryset goes to (None: no shard)."""
-        if not self._routes_itself:
-            return self._db
-        shards = self._target_shards()
-        return shards[0].primary if len(shards) == 1 else None
 
     def _by_shard(self, objs: Iterable[models.Model]) -> dict[str, list[models.Model]]:
         grouped: dict[str, list[models.Model]] = {}
